@@ -1,0 +1,29 @@
+# The two commands of the README. Both create .venv on first use and install into it.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: run test lint install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/jetdag up
+
+lint: $(STAMP)
+	$(BIN)/ruff check engine actors web tests bench
+	$(BIN)/ruff format --check engine actors web tests bench
+	$(BIN)/mypy
+
+test: lint
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .jetdag .pytest_cache .mypy_cache .ruff_cache

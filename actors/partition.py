@@ -1,0 +1,103 @@
+"""PartitionOwner: consumes `jd.evt.<p>.*` through one durable consumer and routes events to run actors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+
+from jetdag.engine import subjects as S
+from jetdag.engine.errors import MessageRejected
+from jetdag.engine.messages import decode_event
+from jetdag.engine.nats.pull import Puller
+
+from .context import EngineContext
+from .rejects import reject
+from .run import RunActor
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+ACK_WAIT = 30.0
+MAX_ACK_PENDING = 50_000  # deferred events (retry timers) wait here as unacked messages
+
+
+def partition_consumer_config(partition: int) -> js_api.ConsumerConfig:
+    return js_api.ConsumerConfig(
+        durable_name=S.partition_consumer(partition),
+        filter_subject=S.partition_filter(partition),
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_wait=ACK_WAIT,
+        max_deliver=-1,
+        max_ack_pending=MAX_ACK_PENDING,
+    )
+
+
+class PartitionOwner:
+    """Owns partition `p` while its lease is held: one actor per live run, supervised one-for-one."""
+
+    def __init__(self, ctx: EngineContext, partition: int, batch: int = 512) -> None:
+        self.ctx, self.partition, self.batch = ctx, partition, batch
+        self.actors: dict[str, RunActor] = {}
+        self.supervisor = Supervisor(f"partition-{partition}")
+        self._puller: Puller | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Consume until cancelled; cancelling stops the consumer and every run actor of the partition."""
+        await self.ctx.js.add_consumer(S.EVENTS, config=partition_consumer_config(self.partition))
+        self._puller = Puller(
+            self.ctx.nc, S.EVENTS, S.partition_consumer(self.partition), self._route, batch=self.batch
+        )
+        await self._puller.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self._puller.stop()
+            await self.supervisor.stop()
+            self.actors.clear()
+
+    def _route(self, msg: Msg) -> None:
+        try:
+            event = decode_event(msg.subject, msg.data)
+        except MessageRejected as err:
+            self.ctx.counters.rejected += 1
+            self._spawn(self._reject(msg, err))
+            return
+        actor = self.actors.get(event.run_id)
+        if actor is None or actor.stopped:
+            actor = RunActor(self.ctx, self.partition, event.run_id, self._done)
+            self.actors[event.run_id] = actor
+            self.supervisor.start(event.run_id, self._actor_body(actor))
+        actor.tell(event, msg)
+
+    def _actor_body(self, actor: RunActor) -> Callable[[], Awaitable[None]]:
+        async def body() -> None:
+            try:
+                await actor.run()
+            finally:
+                # A passivated actor leaves the registry in the same step in which it stopped.
+                if actor.stopped and self.actors.get(actor.run_id) is actor:
+                    del self.actors[actor.run_id]
+
+        return body
+
+    async def _reject(self, msg: Msg, err: MessageRejected) -> None:
+        try:
+            await reject(self.ctx.js, msg, err)
+        finally:
+            self._done(1)
+
+    def _done(self, n: int) -> None:
+        if self._puller is not None:
+            self._puller.done(n)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,198 @@
+"""RunActor: one live workflow run. Load snapshot → decide → publish commands → CAS save → ack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from jetdag.engine import subjects as S
+from jetdag.engine.errors import NotFound
+from jetdag.engine.events import (
+    Command,
+    DeadLetter,
+    DispatchTask,
+    Event,
+    RunSubmitted,
+    ScheduleDue,
+    TaskDue,
+    Transition,
+)
+from jetdag.engine.messages import MSG_ID, TaskMessage, encode_event, encode_step, encode_task, msg_id, pack
+from jetdag.engine.model import WorkflowSpec
+from jetdag.engine.run import decide
+from jetdag.engine.state import RunState, RunStatus, new_run
+
+from .context import EngineContext
+
+log = logging.getLogger(__name__)
+
+MAX_EARLY_DELIVERIES = 50
+"""An event still ahead of its cause after this many deliveries names a run that will never exist."""
+
+
+class RunActor:
+    """Owns one run while it has work; its mailbox holds (event, message) pairs from the partition."""
+
+    def __init__(self, ctx: EngineContext, partition: int, run_id: str, on_done: Any) -> None:
+        self.ctx, self.partition, self.run_id = ctx, partition, run_id
+        self.mailbox: asyncio.Queue[tuple[Event, Msg]] = asyncio.Queue()
+        self._on_done = on_done  # called with the number of messages settled (puller credit)
+        self._state: RunState | None = None
+        self._revision = 0
+        self._loaded = False
+        self.stopped = False
+
+    def tell(self, event: Event, msg: Msg) -> None:
+        self.mailbox.put_nowait((event, msg))
+
+    async def run(self) -> None:
+        """Process batches until idle for `idle_timeout`; on a crash, nak the batch and let the supervisor restart."""
+        while True:
+            try:
+                first = await asyncio.wait_for(self.mailbox.get(), self.ctx.idle_timeout)
+            except TimeoutError:
+                if self.mailbox.empty():
+                    self.stopped = True  # passivate: the partition spawns a fresh actor on the next event
+                    return
+                continue
+            batch = [first]
+            while not self.mailbox.empty():
+                batch.append(self.mailbox.get_nowait())
+            try:
+                await self._step(batch)
+            except BaseException:
+                self._loaded = False  # memory may be ahead of the store: reload on restart
+                for _, msg in batch:
+                    await _settle(msg.nak())
+                self._on_done(len(batch))
+                raise
+
+    async def _load(self) -> None:
+        snapshot, self._revision = await self.ctx.runs.load(self.run_id)
+        self._state = None
+        if snapshot is not None:
+            spec = None
+            if "spec" not in snapshot and snapshot["status"] not in ("succeeded", "failed", "cancelled"):
+                spec = await self._spec(snapshot["workflow"], snapshot["def_rev"])
+            self._state = RunState.from_dict(snapshot, spec)
+            if self._state.spec is None and not self._state.done:
+                self._state.status = RunStatus.FAILED
+                self._state.error = f"definition {snapshot['workflow']}@{snapshot['def_rev']} is gone"
+        self._loaded = True
+
+    async def _spec(self, workflow: str, revision: int) -> WorkflowSpec | None:
+        try:
+            return (await self.ctx.defs.get(workflow, revision))[0]
+        except NotFound:
+            return None
+
+    async def _create(self, ev: RunSubmitted) -> RunState:
+        spec = WorkflowSpec.from_dict(ev.spec) if ev.spec else await self._spec(ev.workflow, ev.def_rev)
+        return new_run(ev.run_id, ev.workflow, ev.def_rev, spec, ev.params, ev.ts, inline=ev.spec is not None)
+
+    async def _step(self, batch: list[tuple[Event, Msg]]) -> None:
+        if not self._loaded:
+            await self._load()
+        commands: list[Command] = []
+        transitions: list[Transition] = []
+        settle: list[tuple[Msg, float | None]] = []
+        for event, msg in batch:
+            if self._state is None and isinstance(event, RunSubmitted):
+                self._state = await self._create(event)
+            now = time.time()
+            decision = decide(self._state, event, now)
+            self.ctx.counters.events += 1
+            commands += decision.commands
+            transitions += decision.transitions
+            if decision.defer_until is None:
+                settle.append((msg, None))
+            elif _deliveries(msg) > MAX_EARLY_DELIVERIES and decision.defer_until - now < 5:
+                log.warning(
+                    "run %s: dropping %s after %d deliveries: %s",
+                    self.run_id,
+                    event.kind,
+                    _deliveries(msg),
+                    decision.reason,
+                )
+                settle.append((msg, -1.0))
+            else:
+                self.ctx.counters.deferred += 1
+                settle.append((msg, max(0.001, decision.defer_until - now)))
+        state = self._state
+        if transitions and state is not None:
+            await self._publish(state, commands, transitions)
+            self._revision = await self.ctx.runs.save(self.run_id, state.to_dict(), self._revision)
+            self.ctx.counters.steps += 1
+        for msg, delay in settle:
+            await _settle(msg.ack() if delay is None else msg.term() if delay < 0 else msg.nak(delay))
+        self._on_done(len(batch))
+
+    async def _publish(self, state: RunState, commands: list[Command], transitions: list[Transition]) -> None:
+        """Every command and the step record, awaited together: published before the state that caused them."""
+        js, p, run = self.ctx.js, self.partition, self.run_id
+        reply = S.event_subject(p, run)
+        futures = []
+        for cmd in commands:
+            match cmd:
+                case DispatchTask():
+                    task = TaskMessage(
+                        run_id=run,
+                        workflow=state.workflow,
+                        task=cmd.task,
+                        attempt=cmd.attempt,
+                        handler=cmd.handler,
+                        payload=cmd.payload,
+                        params=state.params,
+                        reply=reply,
+                        timeout=cmd.timeout,
+                        queue=cmd.queue,
+                        priority=cmd.priority,
+                    )
+                    subject, data, kind = S.task_subject(cmd.queue, cmd.priority), encode_task(task), "task"
+                case ScheduleDue():
+                    due = TaskDue(run, cmd.task, cmd.attempt, time.time(), cmd.due)
+                    subject, data, kind = reply, encode_event(due), "due"
+                case DeadLetter():
+                    subject, kind = S.dlq_subject(cmd.queue), "dead"
+                    data = pack(
+                        {
+                            "v": 1,
+                            "k": "task.dead",
+                            "run": run,
+                            "workflow": state.workflow,
+                            "task": cmd.task,
+                            "attempt": cmd.attempt,
+                            "queue": cmd.queue,
+                            "error": cmd.error,
+                            "params": state.params,
+                            "ts": time.time(),
+                        }
+                    )
+            headers = {MSG_ID: msg_id(run, cmd.task, cmd.attempt, kind)}
+            futures.append(await js.publish_async(subject, data, headers=headers))
+        # The step's id hashes its transitions: a step redone after a crash with other events is kept too.
+        digest = zlib.crc32("|".join(f"{t.task}:{t.attempt}:{t.status}" for t in transitions).encode())
+        headers = {MSG_ID: f"{run}:step:{state.seq}:{digest:08x}"}
+        step = encode_step(run, state.seq, state.status.value, transitions)
+        futures.append(await js.publish_async(S.step_subject(p, run), step, headers=headers))
+        await asyncio.gather(*futures)
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return msg.metadata.num_delivered or 1
+    except Exception:
+        return 1
+
+
+async def _settle(op: Any) -> None:
+    # An ack that fails (connection lost) is not fatal: the message is redelivered and decide ignores it.
+    try:
+        await op
+    except Exception as exc:
+        log.debug("ack/nak failed: %s", exc)

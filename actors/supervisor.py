@@ -1,0 +1,99 @@
+"""One-for-one supervision: a crashed child is restarted with backoff; a crash loop is reported."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChildStats:
+    restarts: int = 0
+    recent: list[float] = field(default_factory=list)
+    crash_looping: bool = False
+    last_error: str | None = None
+
+
+class Supervisor:
+    """Runs children as tasks. `permanent` children are restarted whenever they end, others only on a crash.
+
+    Backoff doubles from `min_backoff` to `max_backoff`; more than `max_restarts` crashes within
+    `window` seconds marks the child as crash-looping (logged as an error, visible in `stats`) and it
+    keeps being restarted at the longest backoff: a crash loop is reported, not hidden, and not fatal.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        min_backoff: float = 0.05,
+        max_backoff: float = 5.0,
+        max_restarts: int = 5,
+        window: float = 60.0,
+    ) -> None:
+        self.name, self.min_backoff, self.max_backoff = name, min_backoff, max_backoff
+        self.max_restarts, self.window = max_restarts, window
+        self.children: dict[str, asyncio.Task[None]] = {}
+        self.stats: dict[str, ChildStats] = {}
+
+    def start(self, name: str, body: Callable[[], Awaitable[None]], *, permanent: bool = False) -> None:
+        """Run `body()` under supervision as child `name` (a name already running is left alone)."""
+        if name in self.children and not self.children[name].done():
+            return
+        task = asyncio.create_task(self._keep(name, body, permanent), name=f"{self.name}/{name}")
+        self.children[name] = task
+
+    async def _keep(self, name: str, body: Callable[[], Awaitable[None]], permanent: bool) -> None:
+        stats = self.stats.setdefault(name, ChildStats())
+        backoff = self.min_backoff
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await body()
+                    if not permanent:
+                        return
+                    log.warning("%s/%s ended; restarting", self.name, name)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    stats.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("%s/%s crashed: %s", self.name, name, stats.last_error, exc_info=exc)
+                now = time.monotonic()
+                if now - started > self.window:
+                    backoff = self.min_backoff  # it ran fine for a while: start the backoff over
+                stats.restarts += 1
+                stats.recent = [t for t in stats.recent if now - t < self.window] + [now]
+                if len(stats.recent) > self.max_restarts:
+                    if not stats.crash_looping:
+                        log.error(
+                            "%s/%s is crash-looping (%d restarts in %.0fs): %s",
+                            self.name,
+                            name,
+                            len(stats.recent),
+                            self.window,
+                            stats.last_error,
+                        )
+                    stats.crash_looping = True
+                    backoff = self.max_backoff
+                await asyncio.sleep(backoff)
+                backoff = min(self.max_backoff, backoff * 2)
+        finally:
+            if self.children.get(name) is asyncio.current_task():
+                del self.children[name]
+
+    async def stop(self, name: str | None = None) -> None:
+        """Cancel one child (or all) and wait until it has ended."""
+        names = [name] if name else list(self.children)
+        tasks = [self.children[n] for n in names if n in self.children]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

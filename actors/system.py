@@ -1,0 +1,101 @@
+"""System: the roles one process plays (engine, worker) on one NATS connection, started and stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Sequence
+
+from nats.aio.client import Client as NATS
+
+from jetdag.engine.nats.setup import Topology, connect, ensure
+from jetdag.engine.stores.defs import DefStore
+from jetdag.engine.stores.runs import RunStore
+from jetdag.engine.subjects import DEFAULT_PARTITIONS
+
+from .context import EngineContext
+from .engine import Engine
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class System:
+    """`async with System(url, ...)`: ready when every role is; leaving drains workers, then stops engines."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        engine: bool = True,
+        queues: Sequence[str] = ("default",),
+        concurrency: int = 32,
+        partitions: int = DEFAULT_PARTITIONS,
+        engine_id: str | None = None,
+        topology: Topology | None = None,
+        idle_timeout: float = 30.0,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self.url, self.with_engine, self.queues = url, engine, list(queues)
+        self.concurrency, self.partitions, self.topology = concurrency, partitions, topology or Topology()
+        self.engine_id = engine_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.idle_timeout, self.drain_timeout = idle_timeout, drain_timeout
+        self.nc: NATS | None = None
+        self.engine: Engine | None = None
+        self.worker: Worker | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.nc = await connect(self.url, f"jetdag {self.engine_id}")
+        js = self.nc.jetstream()
+        await ensure(js, self.topology)
+        if self.with_engine:
+            ctx = EngineContext(
+                nc=self.nc, js=js, runs=await RunStore.open(js), defs=await DefStore.open(js),
+                engine_id=self.engine_id, partitions=self.partitions, idle_timeout=self.idle_timeout,
+            )  # fmt: skip
+            self.engine = Engine(ctx, lease_ttl=self.topology.lease_ttl)
+            self._tasks.append(asyncio.create_task(self.engine.run(), name="engine"))
+        if self.queues:
+            self.worker = Worker(
+                self.nc, js, self.queues, concurrency=self.concurrency, drain_timeout=self.drain_timeout
+            )
+            self._tasks.append(asyncio.create_task(self.worker.run(), name="worker"))
+        if self.engine:
+            ready = asyncio.create_task(self.engine.ready.wait())
+            done, _ = await asyncio.wait([ready, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+            if ready not in done:
+                ready.cancel()
+                for task in done:
+                    task.result()  # a role that died while starting: raise its error
+
+    async def wait(self) -> None:
+        """Until a role ends (it only does on an error, which is raised)."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+
+    async def stop(self) -> None:
+        if self.worker:
+            self.worker.stop()
+        for task in reversed(self._tasks):
+            if task.get_name() == "worker":
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await task
+            else:
+                task.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await task
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def __aenter__(self) -> System:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,1 @@
+"""jetdag.engine: the core."""

@@ -1,0 +1,113 @@
+"""The async Python client: what the CLI, the web app and user code use to talk to jetdag."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from jetdag.engine import subjects as S
+from jetdag.engine.durations import parse_duration
+from jetdag.engine.errors import NotFound
+from jetdag.engine.ids import new_run_id
+from jetdag.engine.messages import MSG_ID, pack
+from jetdag.engine.model import WorkflowSpec
+from jetdag.engine.nats.setup import connect
+from jetdag.engine.state import RUN_DONE
+from jetdag.engine.stores.defs import Applied, DefStore
+from jetdag.engine.stores.runs import RunStore
+from jetdag.engine.views import run_view
+
+RUN_ID_HEADER = "Jd-Run-Id"
+DELAY_HEADER = "Jd-Delay"
+PRIORITY_HEADER = "Jd-Priority"
+
+
+class Client:
+    """Submit, enqueue, wait for and inspect runs. Use `async with await Client.connect(url)`."""
+
+    def __init__(self, nc: NATS, js: JetStreamContext, runs: RunStore, defs: DefStore) -> None:
+        self.nc, self.js, self.runs, self.defs = nc, js, runs, defs
+
+    @classmethod
+    async def connect(cls, url: str, name: str = "jetdag-client") -> Client:
+        nc = await connect(url, name)
+        js = nc.jetstream()
+        return cls(nc, js, await RunStore.open(js), await DefStore.open(js))
+
+    async def close(self) -> None:
+        await self.nc.drain()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def apply(self, spec: WorkflowSpec) -> tuple[Applied, int]:
+        """Register `spec` (a new version when it changed)."""
+        return await self.defs.apply(spec)
+
+    async def submit(self, workflow: str, params: dict[str, Any] | None = None, *, run_id: str | None = None) -> str:
+        """Start a run of `workflow`; returns its id once JetStream holds the submission."""
+        await self.defs.get(workflow)  # NotFound now beats a failed run later
+        run_id = run_id or new_run_id()
+        headers = {MSG_ID: run_id, RUN_ID_HEADER: run_id}
+        await self.js.publish(S.submit_subject(workflow), pack(params or {}), headers=headers)
+        return run_id
+
+    async def enqueue(
+        self,
+        handler: str,
+        payload: Any = None,
+        *,
+        queue: str = "default",
+        delay: float | str | None = None,
+        priority: int | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Run one task of `handler` as a run of its own; `delay` holds it back, `priority` orders it."""
+        run_id = run_id or new_run_id()
+        headers = {MSG_ID: run_id, RUN_ID_HEADER: run_id}
+        if delay is not None:
+            headers[DELAY_HEADER] = str(parse_duration(delay))
+        if priority is not None:
+            headers[PRIORITY_HEADER] = str(priority)
+        await self.js.publish(S.enqueue_subject(queue, handler), pack(payload), headers=headers)
+        return run_id
+
+    async def status(self, run_id: str) -> dict[str, Any]:
+        """The run's current view; NotFound when no engine has created it (yet)."""
+        snapshot, _ = await self.runs.load(run_id)
+        if snapshot is None:
+            raise NotFound("run", run_id)
+        return run_view(snapshot)
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the run ends; its final view. TimeoutError after `timeout` seconds."""
+
+        async def until_done() -> dict[str, Any]:
+            async for snapshot in self.runs.watch(run_id):
+                if snapshot["status"] in RUN_DONE:
+                    return run_view(snapshot)
+            raise NotFound("run", run_id)
+
+        return await asyncio.wait_for(until_done(), timeout)
+
+    async def runs_list(
+        self, *, workflow: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Runs newest first, without their tasks, filtered by workflow and status."""
+        out: list[dict[str, Any]] = []
+        for run_id in reversed(await self.runs.ids()):
+            snapshot, _ = await self.runs.load(run_id)
+            if snapshot is None:
+                continue
+            if (workflow and snapshot["workflow"] != workflow) or (status and snapshot["status"] != status):
+                continue
+            out.append(run_view(snapshot, tasks=False))
+            if len(out) >= limit:
+                break
+        return out

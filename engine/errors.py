@@ -1,0 +1,55 @@
+"""One error tree for jetdag. Each error keeps its data and builds its message from it."""
+
+from __future__ import annotations
+
+
+class JetdagError(Exception):
+    """Base of every error jetdag raises on purpose."""
+
+
+class DefinitionError(JetdagError):
+    """A workflow definition is invalid; `str()` is `path:line:column: message`."""
+
+    def __init__(self, path: str, line: int, column: int, message: str) -> None:
+        self.path, self.line, self.column, self.message = path, line, column, message
+        super().__init__(f"{path}:{line}:{column}: {message}")
+
+
+class DefinitionErrors(JetdagError):
+    """Every error found in one or more definition files, reported together."""
+
+    def __init__(self, errors: list[DefinitionError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class MessageRejected(JetdagError):
+    """A message on `subject` cannot be used; `reason` says why. It is dead-lettered, never retried."""
+
+    def __init__(self, subject: str, reason: str) -> None:
+        self.subject, self.reason = subject, reason
+        super().__init__(f"message on {subject!r} rejected: {reason}")
+
+
+class StaleOwner(JetdagError):
+    """A compare-and-set on `key` lost: someone else wrote it since we read it."""
+
+    def __init__(self, key: str, expected_revision: int) -> None:
+        self.key, self.expected_revision = key, expected_revision
+        super().__init__(f"{key}: revision {expected_revision} is no longer the latest; another owner wrote it")
+
+
+class NotFound(JetdagError):
+    """No `kind` named `name` exists."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind, self.name = kind, name
+        super().__init__(f"no {kind} named {name!r}")
+
+
+class ConfigError(JetdagError):
+    """A setting is invalid or the environment cannot run jetdag; the message says what to change."""
+
+
+class ServerError(JetdagError):
+    """The embedded nats-server failed; the message carries its own words."""

@@ -1,0 +1,141 @@
+"""What a run reacts to (events) and what its state machine asks for (commands).
+
+Events arrive on `jd.evt.<p>.<run>`; commands are carried out by the run actor.
+Every event is idempotent by (run, task, attempt, kind): applying it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class RunSubmitted:
+    kind: ClassVar[str] = "run.submitted"
+    run_id: str
+    workflow: str
+    def_rev: int
+    params: dict[str, Any]
+    ts: float
+    spec: dict[str, Any] | None = None
+    """An inline workflow (a single enqueued task); None means jd_defs[workflow] at def_rev."""
+    not_before: float | None = None
+    error: str | None = None
+    """Set when the submission cannot start (unknown workflow): the run is recorded as failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    kind: ClassVar[str] = "task.started"
+    run_id: str
+    task: str
+    attempt: int
+    ts: float
+    worker: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSucceeded:
+    kind: ClassVar[str] = "task.succeeded"
+    run_id: str
+    task: str
+    attempt: int
+    ts: float
+    worker: str = ""
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    kind: ClassVar[str] = "task.failed"
+    run_id: str
+    task: str
+    attempt: int
+    ts: float
+    error: str
+    worker: str = ""
+    retryable: bool = True
+    retry_delay: float | None = None
+    """The handler asked to be retried after this many seconds (raise Retry(delay=…))."""
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDue:
+    """A timer the run set for itself: attempt `attempt` of `task` may be dispatched at `due`."""
+
+    kind: ClassVar[str] = "task.due"
+    run_id: str
+    task: str
+    attempt: int
+    ts: float
+    due: float
+
+
+Event = RunSubmitted | TaskStarted | TaskSucceeded | TaskFailed | TaskDue
+EVENT_TYPES: dict[str, type[Event]] = {
+    t.kind: t for t in (RunSubmitted, TaskStarted, TaskSucceeded, TaskFailed, TaskDue)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchTask:
+    """Publish attempt `attempt` of `task` to its queue."""
+
+    task: str
+    attempt: int
+    queue: str
+    priority: int
+    handler: str
+    payload: Any
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleDue:
+    """Publish a TaskDue for the run to itself; it is redelivered until `due`."""
+
+    task: str
+    attempt: int
+    due: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """The last attempt of `task` failed: record it in JD_DLQ with its error."""
+
+    task: str
+    attempt: int
+    queue: str
+    error: str
+
+
+Command = DispatchTask | ScheduleDue | DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One change of a task's (or, with task None, the run's) status, for the step record."""
+
+    task: str | None
+    attempt: int
+    status: str
+    ts: float
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Decision:
+    """What decide() concluded from one event."""
+
+    commands: list[Command] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    defer_until: float | None = None
+    """The event came before its cause (or its time): deliver it again at this time."""
+    reason: str | None = None
+    """Why the event was deferred or ignored (for logs and tests)."""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.transitions)

@@ -1,0 +1,163 @@
+"""The workflow model every definition format compiles to: frozen, validated, msgpack-able."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from typing import Any
+
+from jetdag.engine.subjects import DEFAULT_PRIORITY
+
+
+class TriggerRule(StrEnum):
+    """When a task may run, given how its upstream tasks ended (Airflow/Goflow semantics)."""
+
+    ALL_SUCCESS = "all_success"
+    ALL_DONE = "all_done"
+    ALL_FAILED = "all_failed"
+    ONE_SUCCESS = "one_success"
+    ONE_FAILED = "one_failed"
+    NONE_FAILED = "none_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how fast a failed task is tried again."""
+
+    max_attempts: int = 3
+    """Attempts in all, the first included; 1 means never retry."""
+    initial_delay: float = 1.0
+    """Seconds before the second attempt."""
+    max_delay: float = 300.0
+    """Upper bound of any delay, in seconds."""
+    backoff_factor: float = 2.0
+    """Each delay is the previous one times this."""
+    jitter: float = 0.1
+    """Fraction of the delay added or taken at random (0.1 = ±10%)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One node of a workflow's DAG."""
+
+    name: str
+    handler: str
+    queue: str = "default"
+    payload: Any = None
+    depends_on: tuple[str, ...] = ()
+    trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
+    priority: int = DEFAULT_PRIORITY
+    retry: RetryPolicy | None = None
+    """None: the workflow's policy applies."""
+    timeout: float | None = None
+    """Seconds one attempt may run before the worker stops it and it counts as failed."""
+    no_alert: bool = False
+    require: tuple[str, ...] = ()
+    template: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    """A validated workflow: a name and a DAG of tasks in dependency order."""
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    description: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    """Whole-run deadline in seconds."""
+    max_concurrency: int | None = None
+    schedule: str | None = None
+    timezone: str | None = None
+    catchup: bool = False
+    files: tuple[str, ...] = ()
+    on_message: str | None = None
+
+    @cached_property
+    def by_name(self) -> dict[str, TaskSpec]:
+        return {t.name: t for t in self.tasks}
+
+    @cached_property
+    def children(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {t.name: [] for t in self.tasks}
+        for t in self.tasks:
+            for parent in t.depends_on:
+                out[parent].append(t.name)
+        return {k: tuple(v) for k, v in out.items()}
+
+    @cached_property
+    def roots(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks if not t.depends_on)
+
+    def retry_of(self, task: TaskSpec) -> RetryPolicy:
+        return task.retry or self.retry
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain map (msgpack/JSON-able) that from_dict turns back into an equal spec."""
+        d = asdict(self)
+        d.pop("by_name", None)
+        d.pop("children", None)
+        d.pop("roots", None)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WorkflowSpec:
+        tasks = tuple(
+            TaskSpec(
+                **{
+                    **t,
+                    "depends_on": tuple(t.get("depends_on", ())),
+                    "require": tuple(t.get("require", ())),
+                    "trigger_rule": TriggerRule(t.get("trigger_rule", TriggerRule.ALL_SUCCESS)),
+                    "retry": RetryPolicy(**t["retry"]) if t.get("retry") else None,
+                }
+            )
+            for t in d["tasks"]
+        )
+        rest = {k: v for k, v in d.items() if k not in ("tasks", "retry", "files")}
+        return cls(
+            tasks=tasks,
+            retry=RetryPolicy(**d["retry"]) if d.get("retry") else RetryPolicy(),
+            files=tuple(d.get("files", ())),
+            **rest,
+        )
+
+
+def topological_order(tasks: dict[str, tuple[str, ...]]) -> list[str]:
+    """Names in dependency order, or raise CycleFound with one cycle. `tasks` maps name -> parents."""
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    for start in tasks:
+        if state.get(start):
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        path: list[str] = []
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                state[node] = 1
+                path.append(node)
+            parents = [p for p in tasks.get(node, ()) if p in tasks]
+            if i < len(parents):
+                stack.append((node, i + 1))
+                nxt = parents[i]
+                if state.get(nxt) == 1:
+                    cycle = [*path[path.index(nxt) :], nxt]
+                    raise CycleFound(list(reversed(cycle)))
+                if not state.get(nxt):
+                    stack.append((nxt, 0))
+            else:
+                state[node] = 2
+                path.pop()
+                order.append(node)
+    return order
+
+
+class CycleFound(Exception):
+    """The DAG has a cycle; `cycle` lists it in dependency order, first name repeated at the end."""
+
+    def __init__(self, cycle: list[str]) -> None:
+        self.cycle = cycle
+        super().__init__(" -> ".join(cycle))

@@ -1,0 +1,156 @@
+"""The state of one workflow run, as persisted in KV `jd_runs`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from jetdag.engine.model import WorkflowSpec
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskStatus(StrEnum):
+    WAITING = "waiting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    IGNORED = "ignored"
+
+
+RUN_DONE = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+TASK_DONE = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED, TaskStatus.IGNORED}
+)
+TASK_ACTIVE = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
+
+
+@dataclass(slots=True)
+class TaskState:
+    status: TaskStatus = TaskStatus.WAITING
+    attempt: int = 0
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    error: str | None = None
+    result: Any = None
+    due: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"status": self.status.value, "attempt": self.attempt}
+        for key in ("queued_at", "started_at", "finished_at", "worker", "error", "result", "due"):
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskState:
+        return cls(**{**d, "status": TaskStatus(d["status"])})
+
+
+@dataclass(slots=True)
+class RunState:
+    """One run. `spec` is attached by whoever loads the state; it is stored only when `inline`."""
+
+    run_id: str
+    workflow: str
+    def_rev: int
+    spec: WorkflowSpec | None
+    params: dict[str, Any] = field(default_factory=dict)
+    status: RunStatus = RunStatus.PENDING
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    inline: bool = False
+    """True for runs whose spec lives in the snapshot (single tasks from `jd.enqueue`)."""
+    seq: int = 0
+    """Steps applied so far; names the step records this run emits."""
+    remaining: int = 0
+    """Tasks not yet in a final state; derived on load, kept current by decide."""
+
+    @property
+    def done(self) -> bool:
+        return self.status in RUN_DONE
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "v": 1,
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "def_rev": self.def_rev,
+            "params": self.params,
+            "status": self.status.value,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "seq": self.seq,
+            "tasks": {name: t.to_dict() for name, t in self.tasks.items()},
+        }
+        if self.inline and self.spec is not None:
+            d["spec"] = self.spec.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], spec: WorkflowSpec | None = None) -> RunState:
+        inline = "spec" in d
+        if inline:
+            spec = WorkflowSpec.from_dict(d["spec"])
+        tasks = {name: TaskState.from_dict(t) for name, t in d["tasks"].items()}
+        return cls(
+            run_id=d["run_id"],
+            workflow=d["workflow"],
+            def_rev=d["def_rev"],
+            spec=spec,
+            params=d["params"],
+            status=RunStatus(d["status"]),
+            tasks=tasks,
+            created_at=d["created_at"],
+            started_at=d["started_at"],
+            finished_at=d["finished_at"],
+            error=d["error"],
+            inline=inline,
+            seq=d["seq"],
+            remaining=sum(1 for t in tasks.values() if t.status not in TASK_DONE),
+        )
+
+
+def new_run(
+    run_id: str,
+    workflow: str,
+    def_rev: int,
+    spec: WorkflowSpec | None,
+    params: dict[str, Any],
+    created_at: float,
+    inline: bool = False,
+) -> RunState:
+    """A pending run with every task waiting; the workflow's param defaults under the given params."""
+    tasks = {t.name: TaskState() for t in spec.tasks} if spec else {}
+    merged = {**(spec.params if spec else {}), **params}
+    return RunState(
+        run_id=run_id,
+        workflow=workflow,
+        def_rev=def_rev,
+        spec=spec,
+        params=merged,
+        tasks=tasks,
+        created_at=created_at,
+        inline=inline,
+        remaining=len(tasks),
+    )

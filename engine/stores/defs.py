@@ -1,0 +1,63 @@
+"""Workflow definitions in KV `jd_defs`: key = workflow name; each revision is a version."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgpack
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+
+from jetdag.engine import subjects as S
+from jetdag.engine.errors import NotFound
+from jetdag.engine.model import WorkflowSpec
+
+
+class Applied(StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+class DefStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self._cache: dict[tuple[str, int], WorkflowSpec] = {}
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> DefStore:
+        return cls(await js.key_value(S.DEFS_KV))
+
+    async def apply(self, spec: WorkflowSpec) -> tuple[Applied, int]:
+        """Store `spec` as the newest version unless it equals the current one."""
+        data = msgpack.packb(spec.to_dict(), use_bin_type=True)
+        try:
+            entry = await self.kv.get(spec.name)
+        except KeyNotFoundError:
+            entry = None
+        if entry is not None and entry.value == data:
+            return Applied.UNCHANGED, entry.revision or 0
+        revision = await self.kv.put(spec.name, data)
+        return (Applied.UPDATED if entry is not None and entry.value else Applied.CREATED), revision
+
+    async def get(self, name: str, revision: int | None = None) -> tuple[WorkflowSpec, int]:
+        """The workflow as of `revision` (the newest when None); NotFound when there is none."""
+        if revision is not None and (name, revision) in self._cache:
+            return self._cache[(name, revision)], revision
+        try:
+            entry = await self.kv.get(name, revision=revision)
+        except KeyNotFoundError:
+            raise NotFound("workflow", name if revision is None else f"{name}@{revision}") from None
+        if not entry.value:
+            raise NotFound("workflow", name)
+        spec = WorkflowSpec.from_dict(msgpack.unpackb(entry.value, raw=False))
+        rev = entry.revision or 0
+        self._cache[(name, rev)] = spec
+        return spec, rev
+
+    async def names(self) -> list[str]:
+        try:
+            return sorted(await self.kv.keys())
+        except NoKeysError:
+            return []

@@ -1,0 +1,66 @@
+"""Run snapshots in KV `jd_runs`: key = run id, written with compare-and-set on the revision."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgpack
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from jetdag.engine import subjects as S
+from jetdag.engine.errors import StaleOwner
+
+
+class RunStore:
+    """load / save / watch run snapshots; nothing above this module touches `jd_runs` directly."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> RunStore:
+        return cls(await js.key_value(S.RUNS_KV))
+
+    async def load(self, run_id: str) -> tuple[dict[str, Any] | None, int]:
+        """The snapshot and its revision; (None, 0) when the run does not exist."""
+        try:
+            entry = await self.kv.get(run_id)
+        except KeyNotFoundError:
+            return None, 0
+        if entry.value is None:
+            return None, 0
+        return msgpack.unpackb(entry.value, raw=False), entry.revision or 0
+
+    async def save(self, run_id: str, snapshot: dict[str, Any], revision: int) -> int:
+        """Write if the stored revision is still `revision` (0: must not exist); StaleOwner otherwise."""
+        data = msgpack.packb(snapshot, use_bin_type=True)
+        try:
+            if revision == 0:
+                return await self.kv.create(run_id, data)
+            return await self.kv.update(run_id, data, last=revision)
+        except KeyWrongLastSequenceError as exc:
+            raise StaleOwner(f"{S.RUNS_KV}/{run_id}", revision) from exc
+
+    async def ids(self) -> list[str]:
+        """Every run id, oldest first (run ids sort by creation time)."""
+        try:
+            return sorted(await self.kv.keys())
+        except NoKeysError:
+            return []
+
+    async def watch(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The current snapshot (once it exists) and then each new one."""
+        watcher = await self.kv.watch(run_id)
+        try:
+            while True:
+                entry = await watcher.updates(timeout=3600)
+                if entry is not None and entry.value:
+                    yield msgpack.unpackb(entry.value, raw=False)
+        finally:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await watcher.stop()

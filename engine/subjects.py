@@ -1,0 +1,85 @@
+"""Every NATS subject, stream, consumer and bucket name jetdag uses. Nothing else builds them."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Final
+
+TASKS: Final = "JD_TASKS"
+EVENTS: Final = "JD_EVENTS"
+INBOX: Final = "JD_INBOX"
+DLQ: Final = "JD_DLQ"
+
+RUNS_KV: Final = "jd_runs"
+DEFS_KV: Final = "jd_defs"
+LEASES_KV: Final = "jd_leases"
+WORKERS_KV: Final = "jd_workers"
+SCHEDULES_KV: Final = "jd_schedules"
+BLOBS: Final = "jd_blobs"
+
+PRIORITIES: Final = range(10)  # 0..9, 9 is served first
+DEFAULT_PRIORITY: Final = 5
+DEFAULT_PARTITIONS: Final = 16
+INVALID_DLQ: Final = "_invalid"  # dead letters that belong to no queue (malformed events, submissions)
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def is_token(name: str) -> bool:
+    """True when `name` can stand as one subject token, consumer name and KV key."""
+    return bool(_TOKEN.match(name))
+
+
+def partition_of(run_id: str, partitions: int = DEFAULT_PARTITIONS) -> int:
+    """The partition a run belongs to: crc32 of its id, so any language can compute it."""
+    return zlib.crc32(run_id.encode()) % partitions
+
+
+def task_subject(queue: str, priority: int) -> str:
+    return f"jd.task.{queue}.{priority}"
+
+
+def task_consumer(queue: str, priority: int) -> str:
+    return f"jd_task_{queue}_{priority}"
+
+
+def event_subject(partition: int, run_id: str) -> str:
+    """Inputs of a run: submissions, task results, its own timers."""
+    return f"jd.evt.{partition}.{run_id}"
+
+
+def step_subject(partition: int, run_id: str) -> str:
+    """What the engine decided for a run (transitions); outside the partition consumer's filter."""
+    return f"jd.evt.{partition}.{run_id}.step"
+
+
+def partition_filter(partition: int) -> str:
+    return f"jd.evt.{partition}.*"
+
+
+def partition_consumer(partition: int) -> str:
+    return f"jd_part_{partition}"
+
+
+def dlq_subject(queue: str) -> str:
+    return f"jd.dlq.{queue}"
+
+
+def submit_subject(workflow: str) -> str:
+    return f"jd.submit.{workflow}"
+
+
+def enqueue_subject(queue: str, handler: str) -> str:
+    return f"jd.enqueue.{queue}.{handler}"
+
+
+INBOX_CONSUMER: Final = "jd_inbox"
+
+
+def command_subject(verb: str) -> str:
+    return f"jd.cmd.{verb}"
+
+
+def lease_key(partition: int) -> str:
+    return f"partition-{partition}"
