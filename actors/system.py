@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from nats.aio.client import Client as NATS
 
-from jetdag.engine.nats.setup import Topology, connect, ensure
+from jetdag.engine.nats.setup import Topology, close, connect, ensure
 from jetdag.engine.stores.defs import DefStore
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.subjects import DEFAULT_PARTITIONS
@@ -90,8 +90,7 @@ class System:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+            await close(self.nc)
 
     async def __aenter__(self) -> System:
         await self.start()

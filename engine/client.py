@@ -14,7 +14,7 @@ from jetdag.engine.errors import NotFound
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.messages import MSG_ID, pack
 from jetdag.engine.model import WorkflowSpec
-from jetdag.engine.nats.setup import connect
+from jetdag.engine.nats.setup import close, connect
 from jetdag.engine.state import RUN_DONE
 from jetdag.engine.stores.defs import Applied, DefStore
 from jetdag.engine.stores.runs import RunStore
@@ -38,7 +38,7 @@ class Client:
         return cls(nc, js, await RunStore.open(js), await DefStore.open(js))
 
     async def close(self) -> None:
-        await self.nc.drain()
+        await close(self.nc)
 
     async def __aenter__(self) -> Client:
         return self

@@ -67,7 +67,13 @@ def decode_event(subject: str, data: bytes) -> Event:
     return event
 
 
-_REQUIRED: Final = {"run_id": str, "task": str, "attempt": int, "ts": (int, float), "workflow": str}
+_REQUIRED: Final[dict[str, type | tuple[type, ...]]] = {
+    "run_id": str,
+    "task": str,
+    "attempt": int,
+    "ts": (int, float),
+    "workflow": str,
+}
 
 
 def _check_types(subject: str, event: Event) -> None:

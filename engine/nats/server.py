@@ -74,6 +74,8 @@ class NatsServer:
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            # Its own session: a Ctrl-C in the terminal reaches us, and we stop the server last.
+            start_new_session=True,
         )
         ready = threading.Event()
         threading.Thread(target=self._read_log, args=(ready,), daemon=True, name="nats-server-log").start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +47,17 @@ async def connect(url: str, name: str) -> NATS:
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
     )
+
+
+async def close(nc: NATS, timeout: float = 2.0) -> None:
+    """Flush what is buffered (within `timeout`), then close: a dead server cannot hang a shutdown.
+
+    Everything that matters was already acknowledged by JetStream; this only sends trailing acks.
+    """
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.flush(), timeout)
+    with contextlib.suppress(Exception):
+        await nc.close()
 
 
 def _streams(t: Topology) -> list[js_api.StreamConfig]:

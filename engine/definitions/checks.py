@@ -1,0 +1,315 @@
+"""Rules every definition format shares: field values, names, and the shape of the task graph.
+
+Each format (YAML, Python) finds the values and where they are written; this module says whether
+they are valid and in what words, so that all formats accept the same workflows and explain the
+same mistakes the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from jetdag.engine.durations import parse_duration
+from jetdag.engine.errors import DefinitionError, DefinitionErrors
+from jetdag.engine.model import CycleFound, RetryPolicy, TriggerRule, topological_order
+from jetdag.engine.subjects import is_token
+
+
+class At(NamedTuple):
+    """Where something is written: file, 1-based line and column."""
+
+    path: str
+    line: int
+    column: int
+
+
+def error(at: At, message: str) -> DefinitionError:
+    return DefinitionError(at.path, at.line, at.column, message)
+
+
+def raise_sorted(errors: list[DefinitionError]) -> None:
+    """Raise `errors` together in file order, or return when there are none."""
+    if errors:
+        raise DefinitionErrors(sorted(errors, key=lambda e: (e.path, e.line, e.column)))
+
+
+def read_text(path: Path, shown: str) -> str:
+    """The text of a definition file, or DefinitionErrors saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except OSError as exc:
+        message = f"cannot read: {exc.strerror or exc}"
+    raise DefinitionErrors([DefinitionError(shown, 1, 1, message)])
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` when a choice is close to `word`, else the empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def describe(value: object) -> str:
+    """A value as an error message shows what the user wrote."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list" if value else "an empty list"
+    if callable(value):
+        return f"the function {getattr(value, '__name__', type(value).__name__)}"
+    return f"a {type(value).__name__}"
+
+
+class Invalid(ValueError):
+    """A value that does not fit its field; `message` words it for the field and its place."""
+
+    def message(self, field: str, where: str) -> str:
+        raise NotImplementedError
+
+
+class WrongValue(Invalid):
+    def __init__(self, expected: str, value: object) -> None:
+        self.expected, self.value = expected, value
+        super().__init__(expected)
+
+    def message(self, field: str, where: str) -> str:
+        return f"{field!r}{where} must be {self.expected}, got {describe(self.value)}"
+
+
+class BadValue(Invalid):
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+    def message(self, field: str, where: str) -> str:
+        return f"{field!r}{where}: {self.detail}"
+
+
+class BadName(Invalid):
+    def __init__(self, kind: str, value: str) -> None:
+        self.kind, self.value = kind, value
+        super().__init__(value)
+
+    def message(self, field: str, where: str) -> str:
+        return f"invalid {self.kind} name {self.value!r}{where}: use only letters, digits, '_' and '-'"
+
+
+def as_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise WrongValue("a string", value)
+    return value
+
+
+def as_handler(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise WrongValue("a handler name", value)
+    return value
+
+
+def as_token(kind: str) -> Callable[[object], str]:
+    """A converter for names that become NATS subject tokens and KV keys (workflow, task, queue)."""
+
+    def convert(value: object) -> str:
+        if not isinstance(value, str):
+            raise WrongValue(f"a {kind} name", value)
+        if not is_token(value):
+            raise BadName(kind, value)
+        return value
+
+    return convert
+
+
+def as_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise WrongValue("true or false", value)
+    return value
+
+
+def _bounds(kind: str, low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"{kind} from {low:g} to {high:g}"
+    return f"{kind} >= {low:g}" if low is not None else kind
+
+
+def as_int(low: int | None = None, high: int | None = None) -> Callable[[object], int]:
+    def convert(value: object) -> int:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or (low is not None and value < low)
+            or (high is not None and value > high)
+        ):
+            raise WrongValue(_bounds("an integer", low, high), value)
+        return value
+
+    return convert
+
+
+def as_number(low: float | None = None, high: float | None = None) -> Callable[[object], float]:
+    def convert(value: object) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (low is not None and value < low)
+            or (high is not None and value > high)
+        ):
+            raise WrongValue(_bounds("a number", low, high), value)
+        return float(value)
+
+    return convert
+
+
+def as_duration(value: object) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
+
+
+def as_names(value: object) -> tuple[str, ...]:
+    """A name or a list of names (depends_on, require), without repeats."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i for i in items):
+        raise WrongValue("a name or a list of names", value)
+    return tuple(dict.fromkeys(items))
+
+
+def as_globs(value: object) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i.strip() for i in items):
+        raise WrongValue("a glob or a list of globs", value)
+    return tuple(items)
+
+
+def as_trigger_rule(value: object) -> TriggerRule:
+    if isinstance(value, TriggerRule):
+        return value
+    if isinstance(value, str) and value in TriggerRule._value2member_map_:
+        return TriggerRule(value)
+    raise WrongValue("one of " + ", ".join(TriggerRule), value)
+
+
+_CRON_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week", "second")
+_CRON_HELP = "use 5 fields (minute hour day-of-month month day-of-week), 6 with seconds last, or @daily"
+
+
+def as_cron(value: object) -> str:
+    """A cron expression croniter accepts, with the faulty field named when it does not."""
+    text = as_str(value).strip()
+    parts = text.split()
+    if text.startswith("@") or len(parts) not in (5, 6):
+        if text.startswith("@") and croniter.is_valid(text):
+            return text
+        raise BadValue(f"invalid cron expression {text!r}: {_CRON_HELP}")
+    for i, part in enumerate(parts):
+        # Checking one field at a time, the others wild, lets the message name the culprit.
+        probe = ["*"] * len(parts)
+        probe[i] = part
+        if not croniter.is_valid(" ".join(probe)):
+            raise BadValue(f"invalid cron expression {text!r}: {_CRON_FIELDS[i]} field {part!r} is not valid")
+    if not croniter.is_valid(text):
+        raise BadValue(f"invalid cron expression {text!r}: {_CRON_HELP}")
+    return text
+
+
+def as_timezone(value: object) -> str:
+    text = as_str(value)
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise BadValue(f"unknown time zone {text!r}: use an IANA name like 'UTC' or 'Europe/Paris'") from None
+    return text
+
+
+def as_subject(value: object) -> str:
+    """A NATS subject to listen on; `*` and a final `>` are wildcards."""
+    text = as_str(value)
+    tokens = text.split(".")
+    if not all(t and not any(c.isspace() for c in t) for t in tokens) or ">" in tokens[:-1]:
+        raise BadValue(
+            f"invalid NATS subject {text!r}: use dot-separated tokens like 'orders.created', "
+            "with '*' or a final '>' as wildcards"
+        )
+    return text
+
+
+RETRY_FIELDS: dict[str, Callable[[object], float]] = {
+    "max_attempts": as_int(1),
+    "initial_delay": as_duration,
+    "max_delay": as_duration,
+    "backoff_factor": as_number(1),
+    "jitter": as_number(0, 1),
+}
+"""How each RetryPolicy field is checked, by name."""
+
+
+def retry_with(base: RetryPolicy, values: Mapping[str, float]) -> RetryPolicy:
+    """`base` with the given fields replaced; max_attempts stays an int."""
+    fields: dict[str, Any] = dict(values)
+    if "max_attempts" in fields:
+        fields["max_attempts"] = int(fields["max_attempts"])
+    return replace(base, **fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A task as the graph checks see it, with where each part is written."""
+
+    name: str
+    at: At
+    """The task as a whole: cycles are reported here."""
+    name_at: At
+    deps: tuple[tuple[str, At], ...]
+
+
+def graph_errors(nodes: Sequence[Node]) -> list[DefinitionError]:
+    """Duplicate names, unknown or self dependencies, and a cycle if there is one."""
+    errors: list[DefinitionError] = []
+    first: dict[str, Node] = {}
+    for node in nodes:
+        if node.name not in first:
+            first[node.name] = node
+            continue
+        prev = first[node.name].name_at
+        place = f"line {prev.line}" if prev.path == node.name_at.path else f"{prev.path}:{prev.line}"
+        errors.append(error(node.name_at, f"duplicate task name {node.name!r} (first defined at {place})"))
+    for node in nodes:
+        for dep, at in node.deps:
+            if dep == node.name:
+                errors.append(error(at, f"task {node.name!r} depends on itself"))
+            elif dep not in first:
+                hint = did_you_mean(dep, [n for n in first if n != node.name])
+                errors.append(error(at, f"task {node.name!r} depends on unknown task {dep!r}{hint}"))
+    try:
+        dependency_order(nodes)
+    except CycleFound as found:
+        # Start the cycle at the task written first, so the message is the same whatever the
+        # search order, and points where a reader begins.
+        cycle = found.cycle[:-1]
+        position = {name: i for i, name in enumerate(first)}
+        start = min(range(len(cycle)), key=lambda i: position[cycle[i]])
+        cycle = cycle[start:] + cycle[:start]
+        errors.append(error(first[cycle[0]].at, "cycle: " + " -> ".join([*cycle, cycle[0]])))
+    return errors
+
+
+def dependency_order(nodes: Sequence[Node]) -> list[str]:
+    """Task names in dependency order, keeping the written order where it already fits."""
+    graph: dict[str, tuple[str, ...]] = {}
+    for node in nodes:
+        graph.setdefault(node.name, tuple(d for d, _ in node.deps if d != node.name))
+    return topological_order(graph)

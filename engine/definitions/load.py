@@ -1,0 +1,135 @@
+"""Definition files of any supported kind, read into WorkflowSpecs."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+
+from jetdag.engine.definitions import checks
+from jetdag.engine.definitions.checks import At
+from jetdag.engine.definitions.yamlfile import read_yaml
+from jetdag.engine.errors import DefinitionError, DefinitionErrors
+from jetdag.engine.model import WorkflowSpec
+
+_module_ids = itertools.count(1)
+
+
+def load_file(path: str | Path) -> list[WorkflowSpec]:
+    """The workflows defined in one .yaml, .yml or .py file; DefinitionErrors lists every fault."""
+    return [spec for spec, _ in _load_located(path)]
+
+
+def validate_files(paths: Iterable[str | Path]) -> tuple[list[WorkflowSpec], list[DefinitionError]]:
+    """Every valid workflow in `paths` and every error, including a name defined twice.
+
+    Never raises for a faulty definition; a workflow whose name is already taken is left out.
+    """
+    specs: list[WorkflowSpec] = []
+    errors: list[DefinitionError] = []
+    first: dict[str, At] = {}
+    done: set[Path] = set()
+    for path in paths:
+        if Path(path).resolve() in done:
+            continue  # a file named twice (say by two globs) defines its workflows once
+        done.add(Path(path).resolve())
+        try:
+            located = _load_located(path)
+        except DefinitionErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        for spec, at in located:
+            if spec.name in first:
+                errors.append(_defined_twice(spec.name, at, first[spec.name]))
+            else:
+                first[spec.name] = at
+                specs.append(spec)
+    return specs, errors
+
+
+def _defined_twice(name: str, at: At, first: At) -> DefinitionError:
+    place = f"line {first.line}" if first.path == at.path else f"{first.path}:{first.line}"
+    return checks.error(at, f"workflow {name!r} is already defined at {place}: workflow names must be unique")
+
+
+def _load_located(path: str | Path) -> list[tuple[WorkflowSpec, At]]:
+    shown, suffix = str(path), Path(path).suffix
+    if suffix.lower() in (".yaml", ".yml"):
+        return [read_yaml(path)]
+    if suffix.lower() == ".py":
+        return _load_python(Path(path), shown)
+    message = f"unsupported file type '{suffix}': use .yaml, .yml or .py (TOML comes with issue 3)"
+    raise DefinitionErrors([DefinitionError(shown, 1, 1, message)])
+
+
+def _load_python(path: Path, shown: str) -> list[tuple[WorkflowSpec, At]]:
+    """Import the file and collect the Workflows and WorkflowSpecs bound at its top level."""
+    # Imported here: jetdag.engine.workflow imports this package's checks, so importing it at
+    # the top would make `import jetdag.engine.workflow` circular.
+    from jetdag.engine.workflow import Workflow
+
+    checks.read_text(path, shown)  # a missing file is "cannot read", not an import error
+    module = _import(path, shown)
+    found: list[tuple[WorkflowSpec, At]] = []
+    errors: list[DefinitionError] = []
+    seen: set[int] = set()
+    for value in vars(module).values():
+        if id(value) in seen or not isinstance(value, Workflow | WorkflowSpec):
+            continue
+        seen.add(id(value))
+        if isinstance(value, WorkflowSpec):
+            found.append((value, At(shown, 1, 1)))
+            continue
+        try:
+            found.append((value.spec(), value.origin))
+        except DefinitionErrors as exc:
+            errors.extend(exc.errors)
+    if not found and not errors:
+        example = 'wf = Workflow(name="etl")'
+        errors.append(DefinitionError(shown, 1, 1, f"no Workflow defined: assign one at module level, like {example}"))
+    first: dict[str, At] = {}
+    for spec, at in found:
+        if spec.name in first:
+            errors.append(_defined_twice(spec.name, at, first[spec.name]))
+        first.setdefault(spec.name, at)
+    checks.raise_sorted(errors)
+    return found
+
+
+def _import(path: Path, shown: str) -> ModuleType:
+    name = f"jetdag_definition_{next(_module_ids)}"
+    spec = importlib.util.spec_from_file_location(name, shown)
+    if spec is None or spec.loader is None:
+        raise DefinitionErrors([DefinitionError(shown, 1, 1, "cannot import: not a Python source file")])
+    module = importlib.util.module_from_spec(spec)
+    # Registered while it runs, as a normal import would be: dataclasses and pickling look it up.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except DefinitionErrors:
+        raise
+    except DefinitionError as exc:
+        raise DefinitionErrors([exc]) from exc
+    except (Exception, SystemExit) as exc:
+        raise DefinitionErrors([_import_error(path, shown, exc)]) from exc
+    finally:
+        sys.modules.pop(name, None)
+    return module
+
+
+def _import_error(path: Path, shown: str, exc: BaseException) -> DefinitionError:
+    """Where in the file the import failed (the deepest frame inside it), and why."""
+    line, column, detail = 1, 1, str(exc)
+    target = path.resolve()
+    if isinstance(exc, SyntaxError) and exc.filename and Path(exc.filename).resolve() == target:
+        line, column, detail = exc.lineno or 1, exc.offset or 1, exc.msg
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == target]
+        if frames and frames[-1].lineno:
+            line = frames[-1].lineno
+    reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return DefinitionError(shown, line, column, f"cannot import: {reason}")

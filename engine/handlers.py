@@ -1,0 +1,158 @@
+"""The handler-facing surface: control exceptions, the task context and the handler registry.
+
+Handlers only report what happened (return, `Retry`, `Fail` or any other exception); the engine's
+retry policy decides what comes next. Nothing here touches NATS: the worker supplies `emit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+Handler = Callable[["TaskContext"], Any]
+"""A handler takes the task context and returns a result; it may be sync or async."""
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+H = TypeVar("H", bound=Handler)
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_registry: dict[str, Handler] = {}
+
+
+class Retry(Exception):
+    """Try this task again, after `delay` seconds if given (else the workflow's retry policy decides)."""
+
+    def __init__(
+        self,
+        reason: str = "",
+        delay: float | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        if delay is not None and delay < 0:
+            raise ValueError(f"Retry delay cannot be negative: {delay!r}")
+        self.reason, self.delay = reason, delay
+        self.details: dict[str, Any] = dict(details or {})
+        super().__init__(reason or "retry requested")
+
+
+class Fail(Exception):
+    """Fail this task now; it is never retried, whatever attempts are left."""
+
+    def __init__(self, reason: str, *, details: dict[str, Any] | None = None) -> None:
+        self.reason = reason
+        self.details: dict[str, Any] = dict(details or {})
+        super().__init__(reason)
+
+
+def _no_emit(kind: str, data: dict[str, Any]) -> None:
+    """Drop the event: a context built outside a worker (tests, scripts) has nowhere to send it."""
+
+
+@dataclass
+class TaskContext:
+    """What a handler gets: the task's identity, its payload and run params, and a way to report."""
+
+    run_id: str
+    workflow: str
+    task: str
+    attempt: int
+    payload: Any
+    params: dict[str, Any] = field(default_factory=dict)
+    emit: Emit = field(default=_no_emit, repr=False, compare=False)
+    """Publishes a task-scoped event `(kind, data)`; set by the worker, callable from any thread."""
+
+    def progress(
+        self,
+        done: float | None = None,
+        total: float | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Report progress (`done` of `total`, and/or a message) as a `task.progress` event."""
+        data = {"done": done, "total": total, "message": message}
+        self.emit("task.progress", {k: v for k, v in data.items() if v is not None})
+
+    def audit(self, **data: Any) -> None:
+        """Record `data` in the audit log as a `task.audit` event."""
+        self.emit("task.audit", data)
+
+    def checkpoint(self, **data: Any) -> None:
+        """Save `data` as a `task.checkpoint` event, so a later attempt can resume from it."""
+        self.emit("task.checkpoint", data)
+
+
+def _origin(fn: Handler) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = getattr(fn, "__qualname__", None) or repr(fn)
+    return f"{module}.{qualname}"
+
+
+def _same_function(a: Handler, b: Handler) -> bool:
+    """The same object, or the same `def` seen again after a module reload."""
+    if a is b:
+        return True
+    if not (inspect.isfunction(a) and inspect.isfunction(b)):
+        return False  # two partials or bound methods can share a name and still differ
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def handler(name: str) -> Callable[[H], H]:
+    """Register the decorated function (sync or async) as the handler `name`.
+
+    Registering the same function again (a module reload) is fine; another function under a taken
+    name raises ValueError naming both.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"invalid handler name {name!r}: use letters, digits, '_', '.' and '-' only")
+
+    def register(fn: H) -> H:
+        existing = _registry.get(name)
+        if existing is not None and not _same_function(existing, fn):
+            raise ValueError(
+                f"handler {name!r} is already registered to {_origin(existing)}; "
+                f"cannot register {_origin(fn)} under the same name"
+            )
+        _registry[name] = fn
+        with contextlib.suppress(AttributeError):  # bound methods take no attributes; the registry is enough
+            fn.__jetdag_handler__ = name  # type: ignore[attr-defined]
+        return fn
+
+    return register
+
+
+def get_handler(name: str) -> Handler | None:
+    """The handler registered as `name`, or None."""
+    return _registry.get(name)
+
+
+def registered() -> list[str]:
+    """The names of all registered handlers, sorted."""
+    return sorted(_registry)
+
+
+def is_async(fn: Handler) -> bool:
+    """Whether calling `fn` gives a coroutine (async functions, partials of them, async `__call__`)."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call_method = getattr(fn, "__call__", None)  # noqa: B004 - looking for an async __call__, not callability
+    return call_method is not None and inspect.iscoroutinefunction(call_method)
+
+
+async def call(fn: Handler, ctx: TaskContext) -> Any:
+    """Run `fn` on `ctx`: async handlers in this loop, sync ones in a thread so they never block it.
+
+    Cancelling a sync handler stops the wait, not the thread: the function runs to its end.
+    """
+    if is_async(fn):
+        return await fn(ctx)
+    result = await asyncio.to_thread(fn, ctx)
+    if inspect.isawaitable(result):
+        # A sync wrapper around an async function (some decorators) hands back the coroutine.
+        return await result
+    return result

@@ -1,0 +1,187 @@
+"""What `jetdag up` and the single-role verbs start, and how they stop.
+
+With cli.py this is the composition root: the only part of `engine` that imports `actors` and `web`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Awaitable, Iterable
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import click
+import uvicorn
+
+from jetdag.actors.system import System
+from jetdag.engine.client import Client
+from jetdag.engine.definitions import validate_files
+from jetdag.engine.errors import ConfigError
+from jetdag.engine.home import DataDir
+from jetdag.engine.nats.server import NatsServer
+from jetdag.web.app import create_app
+
+log = logging.getLogger("jetdag")
+
+
+def import_handlers(modules: Iterable[str]) -> None:
+    """Import the modules whose @handler functions a worker runs; a failure names the module."""
+    sys.path.insert(0, str(Path.cwd()))
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise click.ClickException(f"--import {name}: {type(exc).__name__}: {exc}") from exc
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def serve_roles(
+    url: str, *, engine: bool, queues: list[str], concurrency: int = 32, engine_id: str | None = None
+) -> int:
+    """Run the engine and/or a worker until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    async with System(url, engine=engine, queues=queues, concurrency=concurrency, engine_id=engine_id) as system:
+        role = "engine" if engine else f"worker for {', '.join(queues)}"
+        click.echo(f"jetdag {role} connected to {url}; stop with Ctrl-C", err=True)
+        await _until(stop, system.wait())
+    return 0
+
+
+async def _until(stop: asyncio.Event, *others: Awaitable[Any]) -> None:
+    """Wait for `stop` or the first of `others` to end (raising its error); tasks passed in keep running."""
+    mine: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+    mine += [asyncio.ensure_future(o) for o in others if not isinstance(o, asyncio.Future)]
+    theirs = [o for o in others if isinstance(o, asyncio.Future)]
+    done, _ = await asyncio.wait([*mine, *theirs], return_when=asyncio.FIRST_COMPLETED)
+    for task in mine:
+        task.cancel()
+    for task in done:
+        if not task.cancelled():
+            task.result()
+
+
+def _bind(http: str) -> socket.socket:
+    host, sep, port = http.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--http {http!r}: expected HOST:PORT, like 127.0.0.1:8080")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"--http {http}: jetdag binds only to loopback until API keys exist (a later release); use 127.0.0.1"
+        )
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"--http {http}: cannot listen there ({exc.strerror}); pick another port") from None
+    return sock
+
+
+async def _apply_definitions(url: str, paths: list[str]) -> list[str]:
+    specs, errors = validate_files(paths)
+    for error in errors:  # a bad file is reported; the good ones still load
+        click.echo(f"skipped: {error}", err=True)
+    async with await Client.connect(url) as client:
+        for spec in specs:
+            await client.apply(spec)
+    return [s.name for s in specs]
+
+
+async def run_up(
+    http: str,
+    data: Path,
+    workflows: Path | None,
+    nats: str | None,
+    no_examples: bool,
+    queues: tuple[str, ...],
+    concurrency: int,
+    durability: str,
+) -> int:
+    """Embedded NATS (unless --nats), engine, worker and web in one process tree, until a signal."""
+    home = DataDir(data)
+    home.lock()
+    sock = _bind(http)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    server: NatsServer | None = None
+    server_died = asyncio.Event()
+    try:
+        if nats is None:
+            server = NatsServer(data / "nats", sync_always=durability == "strict", log_file=data / "nats.log")
+            nats = server.start()
+            _watch_child(server, server_died)
+        engine_id = _engine_id(data)
+        async with System(nats, queues=queues, concurrency=concurrency, engine_id=engine_id, drain_timeout=10):
+            names = await _apply_definitions(nats, _definition_paths(workflows, no_examples))
+            web = uvicorn.Server(uvicorn.Config(create_app(nats), log_level="warning", timeout_graceful_shutdown=2))
+            web.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # ours
+            web_task = asyncio.create_task(web.serve(sockets=[sock]), name="web")
+            while not web.started and not web_task.done():  # noqa: ASYNC110  (uvicorn has no started event)
+                await asyncio.sleep(0.02)
+            host, port = sock.getsockname()[:2]
+            dashboard = f"http://{host}:{port}/"
+            home.write_endpoint(nats=nats, http=dashboard)
+            click.echo(f"jetdag is up\n  dashboard  {dashboard}\n  nats       {nats}   (data in {data})")
+            click.echo(f"  workflows  {', '.join(names) or '(none)'}\nStop with Ctrl-C.", nl=True)
+            try:
+                await _until(stop, server_died.wait(), web_task)
+            finally:
+                web.should_exit = True
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await web_task
+        if server_died.is_set():
+            click.echo(f"error: nats-server exited unexpectedly; see {data / 'nats.log'}", err=True)
+            return 1
+        return 0
+    finally:
+        sock.close()
+        if server:
+            server.stop()
+        home.unlock()
+
+
+def _watch_child(server: NatsServer, died: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    proc = server.proc
+    assert proc is not None
+
+    def wait() -> None:
+        proc.wait()
+        loop.call_soon_threadsafe(died.set)
+
+    threading.Thread(target=wait, daemon=True, name="nats-server-watch").start()
+
+
+def _engine_id(data: Path) -> str:
+    """Stable per data dir, so a restarted `up` takes its own leases back at once."""
+    return "up-" + hashlib.sha1(str(data.resolve()).encode()).hexdigest()[:10]
+
+
+def _definition_paths(workflows: Path | None, no_examples: bool) -> list[str]:
+    paths = [] if no_examples else sorted(str(p) for p in files("jetdag.engine.examples").iterdir())
+    paths = [p for p in paths if p.endswith(".yaml")]
+    if workflows:
+        paths += [str(p) for p in sorted(workflows.iterdir()) if p.suffix in (".yaml", ".yml", ".py")]
+    return paths

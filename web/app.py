@@ -1,0 +1,42 @@
+"""create_app(): the Litestar app. It reaches the running system only through NATS."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.openapi import OpenAPIConfig
+
+from jetdag.engine.client import Client
+from jetdag.engine.errors import NotFound
+from jetdag.engine.subjects import DEFAULT_PARTITIONS
+
+from .api.health import health
+from .api.runs import get_run, list_runs, start_run
+from .pages import index
+
+
+def _not_found(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    return Response({"detail": str(exc)}, status_code=404)
+
+
+def create_app(nats_url: str, *, partitions: int = DEFAULT_PARTITIONS) -> Litestar:
+    """The HTTP API and dashboard, connected to the NATS at `nats_url` for its lifetime."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.client = await Client.connect(nats_url, name="jetdag web")
+        app.state.partitions = partitions
+        try:
+            yield
+        finally:
+            await app.state.client.close()
+
+    return Litestar(
+        route_handlers=[health, list_runs, get_run, start_run, index],
+        lifespan=[lifespan],
+        exception_handlers={NotFound: _not_found},
+        openapi_config=OpenAPIConfig(title="jetdag", version="1", path="/schema"),
+    )
