@@ -70,14 +70,22 @@ def _streams(t: Topology) -> list[js_api.StreamConfig]:
         js_api.StreamConfig(
             name=S.TASKS, subjects=["jd.task.>"], retention=js_api.RetentionPolicy.WORK_QUEUE, **common
         ),
-        js_api.StreamConfig(name=S.EVENTS, subjects=["jd.evt.>"], max_age=t.events_max_age, **common),
+        js_api.StreamConfig(
+            name=S.EVENTS,
+            subjects=["jd.evt.>"],
+            retention=js_api.RetentionPolicy.LIMITS,
+            max_age=t.events_max_age,
+            **common,
+        ),
         js_api.StreamConfig(
             name=S.INBOX,
             subjects=["jd.submit.>", "jd.enqueue.>"],
             retention=js_api.RetentionPolicy.WORK_QUEUE,
             **common,
         ),
-        js_api.StreamConfig(name=S.DLQ, subjects=["jd.dlq.>"], max_age=t.dlq_max_age, **common),
+        js_api.StreamConfig(
+            name=S.DLQ, subjects=["jd.dlq.>"], retention=js_api.RetentionPolicy.LIMITS, max_age=t.dlq_max_age, **common
+        ),
     ]
 
 
