@@ -114,10 +114,16 @@ class Inbox:
 def _unpack_any(subject: str, data: bytes) -> Any:
     if not data:
         return None
+    json_error: ValueError | None = None
+    if data[:1] in b'{[" \t\r\n':
+        try:
+            return orjson.loads(data)
+        except ValueError as exc:  # msgpack of a small int is one of these bytes: enqueue(h, 9) sends b"\t"
+            json_error = exc
     try:
-        return orjson.loads(data) if data[:1] in b'{[" \t\r\n' else msgpack.unpackb(data, raw=False)
+        return msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
-        raise MessageRejected(subject, f"payload is not valid msgpack or JSON: {exc}") from exc
+        raise MessageRejected(subject, f"payload is not valid msgpack or JSON: {json_error or exc}") from exc
 
 
 def _priority(subject: str, value: str | None) -> int:

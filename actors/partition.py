@@ -50,6 +50,7 @@ class PartitionOwner:
 
     async def run(self) -> None:
         """Consume until cancelled; cancelling stops the consumer and every run actor of the partition."""
+        self.supervisor = Supervisor(f"partition-{self.partition}")  # fresh after a restart
         await self.ctx.js.add_consumer(S.EVENTS, config=partition_consumer_config(self.partition))
         self._puller = Puller(
             self.ctx.nc, S.EVENTS, S.partition_consumer(self.partition), self._route, batch=self.batch
@@ -72,9 +73,17 @@ class PartitionOwner:
         actor = self.actors.get(event.run_id)
         if actor is None or actor.stopped:
             actor = RunActor(self.ctx, self.partition, event.run_id, self._done)
+            if not self.supervisor.start(event.run_id, self._actor_body(actor)):
+                self._spawn(self._hand_back(msg))  # the partition is closing: redeliver to the next owner
+                return
             self.actors[event.run_id] = actor
-            self.supervisor.start(event.run_id, self._actor_body(actor))
         actor.tell(event, msg)
+
+    async def _hand_back(self, msg: Msg) -> None:
+        try:
+            await msg.nak()
+        finally:
+            self._done(1)
 
     def _actor_body(self, actor: RunActor) -> Callable[[], Awaitable[None]]:
         async def body() -> None:

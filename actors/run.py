@@ -54,7 +54,10 @@ class RunActor:
         """Process batches until idle for `idle_timeout`; on a crash, nak the batch and let the supervisor restart."""
         while True:
             try:
-                first = await asyncio.wait_for(self.mailbox.get(), self.ctx.idle_timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # races with a message arriving, and the actor would outlive its shutdown.
+                async with asyncio.timeout(self.ctx.idle_timeout):
+                    first = await self.mailbox.get()
             except TimeoutError:
                 if self.mailbox.empty():
                     self.stopped = True  # passivate: the partition spawns a fresh actor on the next event

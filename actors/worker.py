@@ -153,7 +153,8 @@ class Worker:
             if got == 0:
                 # Redeliveries ring no bell: look at every priority again at least once a second.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._bell.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._bell.wait()
                 if not self._bell.is_set():
                     self._maybe = set(self._fetchers)
 
@@ -202,11 +203,16 @@ class Worker:
         except MessageRejected as err:
             await reject(self.js, msg, err)
             return
-        started = self._publish(task, TaskStarted(task.run_id, task.task, task.attempt, time.time(), self.id))
+        # Published now, beside the handler (a bare coroutine would only go out with the result),
+        # so the run shows the task running while it runs; its ack is awaited with the result's.
+        started = asyncio.ensure_future(
+            self._publish(task, TaskStarted(task.run_id, task.task, task.attempt, time.time(), self.id))
+        )
         try:
             outcome = await self._run_handler(task)
         except asyncio.CancelledError:
             # Shutdown past the drain timeout: hand the task back at once rather than after AckWait.
+            started.cancel()
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise

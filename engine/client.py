@@ -7,10 +7,11 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError
 
 from jetdag.engine import subjects as S
 from jetdag.engine.durations import parse_duration
-from jetdag.engine.errors import NotFound
+from jetdag.engine.errors import ConfigError, NotFound
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.messages import MSG_ID, pack
 from jetdag.engine.model import WorkflowSpec
@@ -32,10 +33,20 @@ class Client:
         self.nc, self.js, self.runs, self.defs = nc, js, runs, defs
 
     @classmethod
-    async def connect(cls, url: str, name: str = "jetdag-client") -> Client:
-        nc = await connect(url, name)
+    async def connect(cls, url: str, name: str = "jetdag-client", timeout: float = 5.0) -> Client:
+        """ConfigError when no NATS answers at `url` within `timeout` seconds, or it holds no jetdag yet."""
+        try:  # nats-py retries a first connect forever with our reconnect settings: bound it here
+            nc = await asyncio.wait_for(connect(url, name), timeout)
+        except TimeoutError:
+            raise ConfigError(f"cannot reach NATS at {url} (tried for {timeout:g}s): is `jetdag up` running?") from None
         js = nc.jetstream()
-        return cls(nc, js, await RunStore.open(js), await DefStore.open(js))
+        try:
+            return cls(nc, js, await RunStore.open(js), await DefStore.open(js))
+        except BucketNotFoundError:
+            await close(nc)
+            raise ConfigError(
+                f"the NATS at {url} holds no jetdag buckets: start `jetdag up` or `jetdag engine` against it first"
+            ) from None
 
     async def close(self) -> None:
         await close(self.nc)

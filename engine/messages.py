@@ -27,7 +27,8 @@ def unpack_map(subject: str, data: bytes) -> dict[str, Any]:
     if not data:
         raise MessageRejected(subject, "empty message: expected a msgpack or JSON map")
     try:
-        obj = orjson.loads(data) if data[:1] in b"{ \t\r\n" else msgpack.unpackb(data, raw=False)
+        # No msgpack map starts with these bytes, so JSON arrays and strings get a clear "expected a map".
+        obj = orjson.loads(data) if data[:1] in b'{[" \t\r\n' else msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
         raise MessageRejected(subject, f"not valid msgpack or JSON: {exc}") from exc
     if not isinstance(obj, dict):

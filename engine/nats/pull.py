@@ -159,7 +159,8 @@ class Fetcher:
             deadline = time.monotonic() + linger + wait
             while len(out) < n:
                 try:
-                    msg = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        msg = await self._queue.get()
                 except TimeoutError:
                     break
                 if msg.headers and _STATUS in msg.headers:

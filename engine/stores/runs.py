@@ -48,10 +48,15 @@ class RunStore:
 
     async def ids(self) -> list[str]:
         """Every run id, oldest first (run ids sort by creation time)."""
-        try:
-            return sorted(await self.kv.keys())
-        except NoKeysError:
-            return []
+        for attempt in range(5):
+            try:
+                return sorted(await self.kv.keys())
+            except NoKeysError:
+                # nats-py's keys() can report no keys when its end-of-keys marker races the first
+                # delivery; runs are never deleted, so a bucket holding messages holds keys: ask again.
+                if attempt == 4 or (await self.kv.status()).values == 0:
+                    break
+        return []
 
     async def watch(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
         """The current snapshot (once it exists) and then each new one."""

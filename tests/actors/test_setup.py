@@ -22,7 +22,7 @@ async def test_a_stream_with_other_settings_is_reported_not_changed(nats_url: st
     nc = await connect(nats_url, "t")
     js = nc.jetstream()
     await js.add_stream(name="JD_TASKS", subjects=["jd.task.>"], retention=js_api.RetentionPolicy.LIMITS)
-    with pytest.raises(ConfigError, match="stream JD_TASKS exists with retention='limits'.*workqueue"):
+    with pytest.raises(ConfigError, match=r"stream JD_TASKS exists with retention='limits'.*workqueue"):
         await ensure(js)
     assert (await js.stream_info("JD_TASKS")).config.retention == js_api.RetentionPolicy.LIMITS
     await close(nc)

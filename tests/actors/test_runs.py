@@ -1,0 +1,248 @@
+"""Runs end to end through System and a real nats-server: retries, timeouts, dead letters, trigger rules."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from jetdag.engine import subjects as S
+from jetdag.engine.client import Client
+from jetdag.engine.definitions import load_file
+from jetdag.engine.handlers import Fail, Retry, TaskContext, handler
+from jetdag.engine.model import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
+
+FAST = RetryPolicy(max_attempts=3, initial_delay=0.05, max_delay=0.2)
+
+DIAMOND_YAML = """\
+name: t_runs_diamond
+tasks:
+  - name: a
+    handler: command
+    payload: {argv: [echo, "from a"]}
+  - name: b
+    handler: command
+    depends_on: a
+    payload: {argv: [echo, "from b"]}
+  - name: c
+    handler: command
+    depends_on: a
+    payload: {argv: [echo, "from c"]}
+  - name: d
+    handler: command
+    depends_on: [b, c]
+    payload: {argv: [echo, "from d"]}
+"""
+
+_retry_calls: dict[str, list[float]] = {}
+_gates: dict[str, tuple[asyncio.Event, asyncio.Event]] = {}
+
+
+@handler("t_runs_flaky")
+def flaky(ctx: TaskContext) -> dict[str, int]:
+    if ctx.attempt < 3:
+        raise RuntimeError(f"flaky attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+@handler("t_runs_broken")
+def broken(ctx: TaskContext) -> None:
+    raise ValueError(f"broken on attempt {ctx.attempt}")
+
+
+@handler("t_runs_slow_first")
+async def slow_first(ctx: TaskContext) -> str:
+    if ctx.attempt == 1:
+        await asyncio.sleep(30)
+    return "fast enough"
+
+
+@handler("t_runs_retry_later")
+def retry_later(ctx: TaskContext) -> int:
+    _retry_calls.setdefault(ctx.run_id, []).append(time.time())
+    if ctx.attempt == 1:
+        raise Retry("not yet", delay=ctx.payload["delay"])
+    return ctx.attempt
+
+
+@handler("t_runs_fail")
+def fail_now(ctx: TaskContext) -> None:
+    raise Fail("bad input, do not retry")
+
+
+@handler("t_runs_gate")
+async def gate(ctx: TaskContext) -> str:
+    started, release = _gates[ctx.params["gate"]]
+    started.set()
+    await release.wait()
+    return "released"
+
+
+async def dead_letters(js: JetStreamContext, subject: str) -> list[dict[str, Any]]:
+    """Every message on `subject` in JD_DLQ, decoded, oldest first."""
+    out: list[dict[str, Any]] = []
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(S.DLQ, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return out
+        out.append(msgpack.unpackb(msg.data, raw=False))
+        seq = (msg.seq or seq) + 1
+
+
+async def run_once(client: Client, spec: WorkflowSpec, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    await client.apply(spec)
+    return await client.wait(await client.submit(spec.name, params), timeout=15)
+
+
+async def test_a_yaml_diamond_of_commands_succeeds_with_each_stdout(client: Client, tmp_path: Path) -> None:
+    path = tmp_path / "diamond.yaml"
+    path.write_text(DIAMOND_YAML)
+    [spec] = load_file(path)
+    view = await run_once(client, spec)
+    assert view["status"] == "succeeded"
+    for name in "abcd":
+        task = view["tasks"][name]
+        assert task["status"] == "succeeded"
+        assert task["attempts"] == 1
+        assert task["result"]["exit_code"] == 0
+        assert task["result"]["stdout"].strip() == f"from {name}"
+    assert view["tasks"]["d"]["started_at"] >= max(view["tasks"][n]["finished_at"] for n in "bc")
+
+
+async def test_a_task_that_fails_twice_then_succeeds_takes_three_attempts(client: Client) -> None:
+    spec = WorkflowSpec("t_runs_flaky_wf", (TaskSpec("flaky", "t_runs_flaky"),), retry=FAST)
+    view = await run_once(client, spec)
+    assert view["status"] == "succeeded"
+    task = view["tasks"]["flaky"]
+    assert (task["status"], task["attempts"], task["result"]) == ("succeeded", 3, {"attempt": 3})
+    assert "error" not in task
+
+
+async def test_a_task_that_always_fails_is_dead_lettered_once_with_its_last_error(client: Client) -> None:
+    spec = WorkflowSpec(
+        "t_runs_broken_wf",
+        (TaskSpec("broken", "t_runs_broken"), TaskSpec("after", "noop", depends_on=("broken",))),
+        retry=FAST,
+    )
+    view = await run_once(client, spec)
+    assert view["status"] == "failed"
+    task = view["tasks"]["broken"]
+    assert (task["status"], task["attempts"]) == ("failed", FAST.max_attempts)
+    assert "ValueError: broken on attempt 3" in task["error"]
+    assert "broken" in view["error"]
+    assert view["tasks"]["after"]["status"] == "skipped"
+
+    dead = await dead_letters(client.js, S.dlq_subject("default"))
+    assert len(dead) == 1
+    letter = dead[0]
+    assert letter["k"] == "task.dead"
+    assert (letter["run"], letter["task"], letter["attempt"]) == (view["run_id"], "broken", 3)
+    assert "broken on attempt 3" in letter["error"]
+
+
+async def test_a_task_that_outlives_its_timeout_is_retried(client: Client) -> None:
+    spec = WorkflowSpec("t_runs_timeout_wf", (TaskSpec("slow", "t_runs_slow_first", timeout=0.3),), retry=FAST)
+    await client.apply(spec)
+    run_id = await client.submit(spec.name)
+    partition = S.partition_of(run_id)
+    sub = await client.js.subscribe(S.step_subject(partition, run_id), ordered_consumer=True)
+    view = await client.wait(run_id, timeout=15)
+    assert view["status"] == "succeeded"
+    task = view["tasks"]["slow"]
+    assert (task["attempts"], task["result"]) == (2, "fast enough")
+
+    retrying = None
+    while retrying is None:  # the step records tell how attempt 1 ended
+        step = msgpack.unpackb((await sub.next_msg(timeout=5)).data, raw=False)
+        retrying = next((t for t in step["transitions"] if t["status"] == "retrying"), None)
+    await sub.unsubscribe()
+    assert retrying["attempt"] == 1
+    assert "timed out after 0.3s" in retrying["error"]
+
+
+async def test_retry_with_a_delay_is_honoured(client: Client) -> None:
+    delay = 0.6  # far above the policy's 0.05 s
+    spec = WorkflowSpec(
+        "t_runs_retry_wf", (TaskSpec("later", "t_runs_retry_later", payload={"delay": delay}),), retry=FAST
+    )
+    view = await run_once(client, spec)
+    assert view["status"] == "succeeded"
+    task = view["tasks"]["later"]
+    assert (task["attempts"], task["result"]) == (2, 2)
+    first, second = _retry_calls[view["run_id"]]
+    assert task["queued_at"] >= first + delay
+    assert second - first >= delay
+
+
+async def test_fail_is_never_retried(client: Client) -> None:
+    spec = WorkflowSpec("t_runs_fail_wf", (TaskSpec("doomed", "t_runs_fail"),), retry=FAST)
+    view = await run_once(client, spec)
+    assert view["status"] == "failed"
+    task = view["tasks"]["doomed"]
+    assert (task["status"], task["attempts"]) == ("failed", 1)
+    assert task["error"] == "bad input, do not retry"
+
+
+async def test_trigger_rules_after_a_failure(client: Client) -> None:
+    spec = WorkflowSpec(
+        "t_runs_rules_wf",
+        (
+            TaskSpec("extract", "t_runs_fail"),
+            TaskSpec("sibling", "noop"),
+            TaskSpec("transform", "noop", depends_on=("extract", "sibling")),
+            TaskSpec("load", "noop", depends_on=("transform",)),
+            TaskSpec("cleanup", "noop", depends_on=("extract", "sibling"), trigger_rule=TriggerRule.ALL_DONE),
+            TaskSpec("alert", "noop", depends_on=("extract",), trigger_rule=TriggerRule.ONE_FAILED),
+            TaskSpec("on_success", "noop", depends_on=("sibling",), trigger_rule=TriggerRule.ONE_FAILED),
+        ),
+        retry=FAST,
+    )
+    view = await run_once(client, spec)
+    assert view["status"] == "failed"
+    statuses = {name: t["status"] for name, t in view["tasks"].items()}
+    assert statuses == {
+        "extract": "failed",
+        "sibling": "succeeded",
+        "transform": "skipped",
+        "load": "skipped",
+        "cleanup": "succeeded",
+        "alert": "succeeded",
+        "on_success": "skipped",
+    }
+    assert view["tasks"]["transform"]["attempts"] == 0
+
+
+async def test_a_run_keeps_its_version_when_the_workflow_is_reapplied_mid_run(client: Client) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    _gates["reapply"] = (started, release)
+    v1 = WorkflowSpec(
+        "t_runs_versioned",
+        (TaskSpec("gate", "t_runs_gate"), TaskSpec("first", "noop", depends_on=("gate",))),
+        params={"gate": "reapply"},
+    )
+    v2 = WorkflowSpec(
+        "t_runs_versioned",
+        (TaskSpec("gate", "t_runs_gate"), TaskSpec("second", "noop", depends_on=("gate",))),
+        params={"gate": "reapply"},
+    )
+    _, rev1 = await client.apply(v1)
+    run_id = await client.submit(v1.name)
+    await asyncio.wait_for(started.wait(), 10)
+    _, rev2 = await client.apply(v2)
+    assert rev2 > rev1
+    release.set()
+    view = await client.wait(run_id, timeout=10)
+    assert view["status"] == "succeeded"
+    assert view["version"] == rev1
+    assert set(view["tasks"]) == {"gate", "first"}
+
+    later = await client.wait(await client.submit(v1.name), timeout=10)
+    assert later["version"] == rev2
+    assert set(later["tasks"]) == {"gate", "second"}

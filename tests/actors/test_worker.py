@@ -1,0 +1,152 @@
+"""The worker: priorities, its concurrency limit, draining on stop, unknown handlers, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgpack
+from nats.js.errors import KeyNotFoundError
+
+from jetdag.actors.system import System
+from jetdag.engine import subjects as S
+from jetdag.engine.client import Client
+from jetdag.engine.handlers import TaskContext, handler
+from jetdag.engine.model import RetryPolicy, TaskSpec, WorkflowSpec
+from tests.helpers import eventually
+
+_order: list[Any] = []
+_load = {"now": 0, "max": 0}
+_calls: dict[str, int] = {}
+_events: dict[str, asyncio.Event] = {}
+
+
+@handler("t_worker_record")
+def record(ctx: TaskContext) -> Any:
+    _order.append(ctx.payload)
+    return ctx.payload
+
+
+@handler("t_worker_busy")
+async def busy(ctx: TaskContext) -> int:
+    _load["now"] += 1
+    _load["max"] = max(_load["max"], _load["now"])
+    try:
+        await asyncio.sleep(0.1)
+    finally:
+        _load["now"] -= 1
+    return ctx.payload
+
+
+@handler("t_worker_long")
+async def long_task(ctx: TaskContext) -> str:
+    _calls[ctx.run_id] = _calls.get(ctx.run_id, 0) + 1
+    _events["long started"].set()
+    await asyncio.sleep(0.5)
+    return "finished while stopping"
+
+
+@handler("t_worker_gate")
+async def worker_gate(ctx: TaskContext) -> str:
+    _events["gate started"].set()
+    await _events["gate release"].wait()
+    return "let through"
+
+
+async def tasks_in_stream(client: Client) -> int:
+    return (await client.js.stream_info(S.TASKS)).state.messages
+
+
+async def test_higher_priorities_run_first(nats_url: str) -> None:
+    _order.clear()
+    async with System(nats_url, queues=[]), await Client.connect(nats_url) as client:
+        runs = [await client.enqueue("t_worker_record", prio, priority=prio) for prio in (1, 9, 5)]
+        await eventually(lambda: _equals(tasks_in_stream(client), 3))  # dispatched, and no one takes them
+        async with System(nats_url, engine=False, concurrency=1):
+            views = [await client.wait(run_id, timeout=10) for run_id in runs]
+    assert [v["status"] for v in views] == ["succeeded"] * 3
+    assert _order == [9, 5, 1]
+
+
+async def test_no_more_tasks_run_at_once_than_the_concurrency(nats_url: str) -> None:
+    _load.update(now=0, max=0)
+    async with System(nats_url, concurrency=2), await Client.connect(nats_url) as client:
+        runs = [await client.enqueue("t_worker_busy", i) for i in range(6)]
+        views = [await client.wait(run_id, timeout=10) for run_id in runs]
+    assert [v["status"] for v in views] == ["succeeded"] * 6
+    assert _load["max"] == 2
+
+
+async def test_stopping_drains_the_running_task_and_its_success_is_kept(nats_url: str) -> None:
+    _events["long started"] = asyncio.Event()
+    system = System(nats_url, drain_timeout=5.0)
+    await system.start()
+    try:
+        async with await Client.connect(nats_url) as client:
+            run_id = await client.enqueue("t_worker_long")
+            await asyncio.wait_for(_events["long started"].wait(), 10)
+    finally:
+        await system.stop()
+    assert _calls[run_id] == 1
+
+    async with System(nats_url), await Client.connect(nats_url) as client:
+        view = await client.wait(run_id, timeout=10)
+        assert await tasks_in_stream(client) == 0  # acked, not handed back
+    task = view["tasks"]["t_worker_long"]
+    assert (view["status"], task["attempts"], task["result"]) == ("succeeded", 1, "finished while stopping")
+    assert _calls[run_id] == 1
+
+
+async def test_a_task_shows_as_running_on_its_worker_while_its_handler_works(system: System, client: Client) -> None:
+    started, release = _events["gate started"], _events["gate release"] = asyncio.Event(), asyncio.Event()
+    run_id = await client.enqueue("t_worker_gate")
+    await asyncio.wait_for(started.wait(), 10)
+
+    async def running() -> dict[str, Any]:
+        task: dict[str, Any] = (await client.status(run_id))["tasks"]["t_worker_gate"]
+        assert task["status"] == "running", task
+        return task
+
+    task = await eventually(running, timeout=5)
+    assert system.worker is not None and task["worker"] == system.worker.id
+    assert task["started_at"] >= task["queued_at"]
+    release.set()
+    view = await client.wait(run_id, timeout=10)
+    assert (view["status"], view["tasks"]["t_worker_gate"]["result"]) == ("succeeded", "let through")
+
+
+async def test_a_handler_unknown_to_the_worker_fails_the_task_naming_it(client: Client) -> None:
+    spec = WorkflowSpec(
+        "t_worker_unknown_wf",
+        (TaskSpec("mystery", "t_worker_nobody_has_this"),),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    await client.apply(spec)
+    view = await client.wait(await client.submit(spec.name), timeout=10)
+    assert view["status"] == "failed"
+    task = view["tasks"]["mystery"]
+    assert (task["status"], task["attempts"]) == ("failed", 1)
+    assert "'t_worker_nobody_has_this' is not registered" in task["error"]
+
+
+async def test_the_worker_heartbeats_its_queues_and_handlers(system: System, client: Client) -> None:
+    assert system.worker is not None
+    worker_id = system.worker.id
+    kv = await client.js.key_value(S.WORKERS_KV)
+
+    async def beat() -> dict[str, Any]:
+        try:
+            entry = await kv.get(worker_id)
+        except KeyNotFoundError:
+            return {}
+        return msgpack.unpackb(entry.value, raw=False) if entry.value else {}
+
+    info = await eventually(beat)
+    assert info["id"] == worker_id
+    assert info["queues"] == ["default"]
+    assert {"noop", "command", "t_worker_record", "t_worker_busy"} <= set(info["handlers"])
+    assert info["concurrency"] == 16
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return await value == expected
