@@ -8,6 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
+
+from jetdag.engine import subjects as S
+
 T = TypeVar("T")
 
 
@@ -46,3 +52,16 @@ def eventually_sync(fn: Callable[[], T], timeout: float = 10.0, interval: float 
         if time.monotonic() > deadline:
             raise last
         time.sleep(interval)
+
+
+async def invalid_letters(js: JetStreamContext) -> list[RawStreamMsg]:
+    """Every message dead-lettered to `jd.dlq._invalid`, oldest first."""
+    out: list[RawStreamMsg] = []
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(S.DLQ, seq=seq, subject=S.dlq_subject(S.INVALID_DLQ), next=True)
+        except NotFoundError:
+            return out
+        out.append(msg)
+        seq = (msg.seq or seq) + 1

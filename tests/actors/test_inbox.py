@@ -11,9 +11,7 @@ import nats
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from nats.js.errors import NotFoundError
 
 from jetdag.actors.system import System
 from jetdag.engine import subjects as S
@@ -22,7 +20,7 @@ from jetdag.engine.handlers import TaskContext, handler
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.model import TaskSpec, WorkflowSpec
 from jetdag.engine.nats.setup import ensure
-from tests.helpers import eventually
+from tests.helpers import eventually, invalid_letters
 
 ECHO = WorkflowSpec("t_inbox_echo_wf", (TaskSpec("echo", "t_inbox_params"),), params={"region": "eu"})
 
@@ -46,19 +44,6 @@ async def raw(nats_url: str) -> AsyncIterator[NATS]:
     nc = await nats.connect(nats_url)
     yield nc
     await nc.close()
-
-
-async def invalid_letters(js: JetStreamContext) -> list[RawStreamMsg]:
-    """Every message dead-lettered to `jd.dlq._invalid`, oldest first."""
-    out: list[RawStreamMsg] = []
-    seq = 1
-    while True:
-        try:
-            msg = await js.get_msg(S.DLQ, seq=seq, subject=S.dlq_subject(S.INVALID_DLQ), next=True)
-        except NotFoundError:
-            return out
-        out.append(msg)
-        seq = (msg.seq or seq) + 1
 
 
 async def test_json_params_published_to_submit_start_a_run_with_them(client: Client, raw: NATS) -> None:

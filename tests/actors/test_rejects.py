@@ -8,30 +8,16 @@ import msgpack
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from nats.js.errors import NotFoundError
 
 from jetdag.actors.system import System
 from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.model import TaskSpec, WorkflowSpec
-from tests.helpers import eventually
+from tests.helpers import eventually, invalid_letters
 
 PAIR = WorkflowSpec("t_rejects_pair", (TaskSpec("a", "noop"), TaskSpec("b", "noop", depends_on=("a",))))
 REJECTS_LOG = "jetdag.actors.rejects"
-
-
-async def invalid_letters(js: JetStreamContext) -> list[RawStreamMsg]:
-    """Every message dead-lettered to `jd.dlq._invalid`, oldest first."""
-    out: list[RawStreamMsg] = []
-    seq = 1
-    while True:
-        try:
-            msg = await js.get_msg(S.DLQ, seq=seq, subject=S.dlq_subject(S.INVALID_DLQ), next=True)
-        except NotFoundError:
-            return out
-        out.append(msg)
-        seq = (msg.seq or seq) + 1
 
 
 async def letters_for(js: JetStreamContext, subject: str, n: int) -> list[RawStreamMsg]:
