@@ -7,6 +7,7 @@ dedupe id is the run id, so a redelivered or republished submission starts one r
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -17,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from jetdag.engine import subjects as S
-from jetdag.engine.client import DELAY_HEADER, PRIORITY_HEADER, RUN_ID_HEADER
+from jetdag.engine.client import DELAY_HEADER, META_HEADER, PRIORITY_HEADER, RUN_ID_HEADER, TIME_HEADER
 from jetdag.engine.durations import parse_duration
 from jetdag.engine.errors import MessageRejected, NotFound
 from jetdag.engine.events import RunSubmitted
@@ -92,7 +93,9 @@ class Inbox:
             except NotFound:
                 error = f"unknown workflow {workflow!r}: register it first with `jetdag apply FILE`"
                 return RunSubmitted(run_id, workflow, 0, params, ts, error=error)
-            return RunSubmitted(run_id, workflow, revision, params, ts)
+            logical_time = _logical_time(subject, headers.get(TIME_HEADER))
+            run_meta = _meta(subject, headers.get(META_HEADER))
+            return RunSubmitted(run_id, workflow, revision, params, ts, logical_time=logical_time, meta=run_meta)
         if len(tokens) < 4:
             raise MessageRejected(subject, "expected jd.enqueue.<queue>.<handler>")
         queue, handler = tokens[2], ".".join(tokens[3:])
@@ -124,6 +127,34 @@ def _unpack_any(subject: str, data: bytes) -> Any:
         return msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
         raise MessageRejected(subject, f"payload is not valid msgpack or JSON: {json_error or exc}") from exc
+
+
+def _logical_time(subject: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise MessageRejected(
+            subject, f"header {TIME_HEADER} must be epoch seconds or ISO 8601, got {value!r}"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def _meta(subject: str, value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        meta = orjson.loads(value)
+    except ValueError as exc:
+        raise MessageRejected(subject, f"header {META_HEADER} is not JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise MessageRejected(subject, f"header {META_HEADER} must be a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def _priority(subject: str, value: str | None) -> int:

@@ -17,7 +17,9 @@ from jetdag.engine.events import (
     DeadLetter,
     DispatchTask,
     Event,
+    RunDeadline,
     RunSubmitted,
+    ScheduleDeadline,
     ScheduleDue,
     TaskDue,
     Transition,
@@ -96,7 +98,17 @@ class RunActor:
 
     async def _create(self, ev: RunSubmitted) -> RunState:
         spec = WorkflowSpec.from_dict(ev.spec) if ev.spec else await self._spec(ev.workflow, ev.def_rev)
-        return new_run(ev.run_id, ev.workflow, ev.def_rev, spec, ev.params, ev.ts, inline=ev.spec is not None)
+        return new_run(
+            ev.run_id,
+            ev.workflow,
+            ev.def_rev,
+            spec,
+            ev.params,
+            ev.ts,
+            inline=ev.spec is not None,
+            logical_time=ev.logical_time,
+            meta=ev.meta,
+        )
 
     async def _step(self, batch: list[tuple[Event, Msg]]) -> None:
         if not self._loaded:
@@ -155,11 +167,16 @@ class RunActor:
                         timeout=cmd.timeout,
                         queue=cmd.queue,
                         priority=cmd.priority,
+                        info=cmd.info,
+                        job=cmd.job,
                     )
                     subject, data, kind = S.task_subject(cmd.queue, cmd.priority), encode_task(task), "task"
                 case ScheduleDue():
                     due = TaskDue(run, cmd.task, cmd.attempt, time.time(), cmd.due)
                     subject, data, kind = reply, encode_event(due), "due"
+                case ScheduleDeadline():
+                    deadline = RunDeadline(run, time.time(), cmd.due)
+                    subject, data, kind = reply, encode_event(deadline), "deadline"
                 case DeadLetter():
                     subject, kind = S.dlq_subject(cmd.queue), "dead"
                     data = pack(
@@ -176,7 +193,8 @@ class RunActor:
                             "ts": time.time(),
                         }
                     )
-            headers = {MSG_ID: msg_id(run, cmd.task, cmd.attempt, kind)}
+            about = ("", 0) if isinstance(cmd, ScheduleDeadline) else (cmd.task, cmd.attempt)
+            headers = {MSG_ID: msg_id(run, *about, kind)}
             futures.append(await js.publish_async(subject, data, headers=headers))
         # The step's id hashes its transitions: a step redone after a crash with other events is kept too.
         digest = zlib.crc32("|".join(f"{t.task}:{t.attempt}:{t.status}" for t in transitions).encode())

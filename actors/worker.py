@@ -233,7 +233,7 @@ class Worker:
             return TaskFailed(*args, now(), error, self.id)
         ctx = TaskContext(
             run_id=task.run_id, workflow=task.workflow, task=task.task, attempt=task.attempt,
-            payload=task.payload, params=task.params, emit=self._emitter(task),
+            payload=task.payload, params=task.params, info=task.info, job=task.job, emit=self._emitter(task),
         )  # fmt: skip
         try:
             result = await asyncio.wait_for(call(fn, ctx), task.timeout)

@@ -6,6 +6,7 @@ This is the composition root: the one module of `engine` that may import `actors
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import sys
 from collections.abc import Callable, Coroutine
@@ -179,21 +180,30 @@ def _param(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("-p", "--param", "params", multiple=True, help="A run parameter key=value (JSON values allowed).")
 @click.option("--wait", is_flag=True, help="Wait for the run; exit 0 if it succeeded, 1 otherwise.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 1).")
+@click.option(
+    "--at",
+    "at",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]),
+    help="The run's logical time in UTC ({yyyy}… in templates), for backfills. Default: now.",
+)
+@click.option("-m", "--meta", "metas", multiple=True, help="Run metadata key=value ({meta:key} in templates).")
 @nats_opt
 @data_opt
 @json_opt
 def submit(
-    workflow: str, params: tuple[str, ...], wait: bool, timeout: float | None, nats: str | None, data: Path,
-    as_json: bool,
+    workflow: str, params: tuple[str, ...], wait: bool, timeout: float | None, at: dt.datetime | None,
+    metas: tuple[str, ...], nats: str | None, data: Path, as_json: bool,
 ) -> None:  # fmt: skip
     """Start a run; prints its id alone on the first line."""
     parsed = _param(params)
+    meta = _param(metas)
+    logical_time = at.replace(tzinfo=dt.UTC) if at else None
 
     async def go() -> int:
         from jetdag.engine.client import Client
 
         async with await Client.connect(find_nats(nats, data)) as client:
-            run_id = await client.submit(workflow, parsed)
+            run_id = await client.submit(workflow, parsed, logical_time=logical_time, meta=meta)
             click.echo(run_id)
             if not wait:
                 return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
+import orjson
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
@@ -24,6 +26,10 @@ from jetdag.engine.views import run_view
 RUN_ID_HEADER = "Jd-Run-Id"
 DELAY_HEADER = "Jd-Delay"
 PRIORITY_HEADER = "Jd-Priority"
+TIME_HEADER = "Jd-Time"
+"""A submission's logical time ({yyyy}… in templates): epoch seconds or ISO 8601."""
+META_HEADER = "Jd-Meta"
+"""A submission's metadata ({meta:key} in templates): a JSON object."""
 
 
 class Client:
@@ -61,12 +67,29 @@ class Client:
         """Register `spec` (a new version when it changed)."""
         return await self.defs.apply(spec)
 
-    async def submit(self, workflow: str, params: dict[str, Any] | None = None, *, run_id: str | None = None) -> str:
-        """Start a run of `workflow`; returns its id once JetStream holds the submission."""
-        await self.defs.get(workflow)  # NotFound now beats a failed run later
+    async def submit(
+        self,
+        workflow: str,
+        params: dict[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        logical_time: dt.datetime | float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> str:
+        """Start a run of `workflow` (its name or id); returns the run id once JetStream holds the submission.
+
+        `logical_time` is the time its templates render (default: now); `meta` fills `{meta:key}`.
+        """
+        key = S.workflow_key(workflow)
+        await self.defs.get(key)  # NotFound now beats a failed run later
         run_id = run_id or new_run_id()
         headers = {MSG_ID: run_id, RUN_ID_HEADER: run_id}
-        await self.js.publish(S.submit_subject(workflow), pack(params or {}), headers=headers)
+        if logical_time is not None:
+            stamp = logical_time.timestamp() if isinstance(logical_time, dt.datetime) else float(logical_time)
+            headers[TIME_HEADER] = repr(stamp)
+        if meta:
+            headers[META_HEADER] = orjson.dumps(meta).decode()
+        await self.js.publish(S.submit_subject(key), pack(params or {}), headers=headers)
         return run_id
 
     async def enqueue(

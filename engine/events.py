@@ -21,6 +21,10 @@ class RunSubmitted:
     spec: dict[str, Any] | None = None
     """An inline workflow (a single enqueued task); None means jd_defs[workflow] at def_rev."""
     not_before: float | None = None
+    logical_time: float | None = None
+    """The time templates ({yyyy}…) render: a trigger's firing time plus offset, or a backfill's date."""
+    meta: dict[str, Any] | None = None
+    """Trigger or batch metadata for `{meta:key}` (the file that landed, a batch row)."""
     error: str | None = None
     """Set when the submission cannot start (unknown workflow): the run is recorded as failed."""
 
@@ -73,9 +77,19 @@ class TaskDue:
     due: float
 
 
-Event = RunSubmitted | TaskStarted | TaskSucceeded | TaskFailed | TaskDue
+@dataclass(frozen=True, slots=True)
+class RunDeadline:
+    """The run's whole-run timeout (`config.timeout`) falls at `due`."""
+
+    kind: ClassVar[str] = "run.deadline"
+    run_id: str
+    ts: float
+    due: float
+
+
+Event = RunSubmitted | TaskStarted | TaskSucceeded | TaskFailed | TaskDue | RunDeadline
 EVENT_TYPES: dict[str, type[Event]] = {
-    t.kind: t for t in (RunSubmitted, TaskStarted, TaskSucceeded, TaskFailed, TaskDue)
+    t.kind: t for t in (RunSubmitted, TaskStarted, TaskSucceeded, TaskFailed, TaskDue, RunDeadline)
 }
 
 
@@ -90,6 +104,9 @@ class DispatchTask:
     handler: str
     payload: Any
     timeout: float | None
+    info: str | None = None
+    """The task's rendered template."""
+    job: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +128,14 @@ class DeadLetter:
     error: str
 
 
-Command = DispatchTask | ScheduleDue | DeadLetter
+@dataclass(frozen=True, slots=True)
+class ScheduleDeadline:
+    """Publish a RunDeadline for the run to itself; it is redelivered until `due`."""
+
+    due: float
+
+
+Command = DispatchTask | ScheduleDue | DeadLetter | ScheduleDeadline
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,10 @@ class TaskContext:
     attempt: int
     payload: Any
     params: dict[str, Any] = field(default_factory=dict)
+    info: str | None = None
+    """The task's rendered `template` (flowlord's info string), if it has one."""
+    job: str | None = None
+    """flowlord's job name (`task = "topic:job"`), for handlers that serve several jobs of one topic."""
     emit: Emit = field(default=_no_emit, repr=False, compare=False)
     """Publishes a task-scoped event `(kind, data)`; set by the worker, callable from any thread."""
 

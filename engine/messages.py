@@ -5,7 +5,7 @@ A worker in another language needs only this module's shapes (documented in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, Final
 
 import msgpack
@@ -104,10 +104,18 @@ class TaskMessage:
     timeout: float | None = None
     queue: str = "default"
     priority: int = 5
+    info: str | None = None
+    """The task's rendered template (flowlord's info string)."""
+    job: str | None = None
 
 
 def encode_task(msg: TaskMessage) -> bytes:
-    body = {_RENAME.get(f.name, f.name): getattr(msg, f.name) for f in fields(msg)}
+    # Optional fields left unset are not sent: most tasks have no info, job or timeout.
+    body = {
+        _RENAME.get(f.name, f.name): getattr(msg, f.name)
+        for f in fields(msg)
+        if getattr(msg, f.name) is not None or f.default is MISSING
+    }
     body["v"] = VERSION
     return pack(body)
 

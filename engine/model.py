@@ -7,6 +7,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
+from jetdag.engine import templates
 from jetdag.engine.subjects import DEFAULT_PRIORITY
 
 
@@ -54,7 +55,51 @@ class TaskSpec:
     """Seconds one attempt may run before the worker stops it and it counts as failed."""
     no_alert: bool = False
     require: tuple[str, ...] = ()
+    """Template keys (`{meta:file}`) that must render non-empty, else the task is skipped."""
     template: str | None = None
+    """flowlord's info string, rendered at dispatch and handed to the handler as `ctx.info`."""
+    job: str | None = None
+    """flowlord's job: the part after `:` in `task = "topic:job"`; handed to the handler as `ctx.job`."""
+
+
+class BatchBy(StrEnum):
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """flowlord batching: one firing starts several runs, one per time step or per meta row."""
+
+    span: float | None = None
+    """`for`: seconds from the logical time to the last step (negative looks back)."""
+    by: BatchBy = BatchBy.DAY
+    meta: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """`meta=name:a,b|value:1,2`: row i has name=a[i], value=b[i]; every list has the same length."""
+    meta_file: str | None = None
+    """A JSON-lines or CSV file; each row is the meta of one run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """What starts runs of a workflow without anyone asking: a clock, a file, a message.
+
+    Firing them belongs to the scheduler and the file watcher; the model only says what they are.
+    """
+
+    cron: str | None = None
+    """croniter syntax: 5 fields, or 6 with seconds last."""
+    timezone: str | None = None
+    catchup: bool = False
+    files: tuple[str, ...] = ()
+    subject: str | None = None
+    """A NATS subject whose messages start runs (`on_message`)."""
+    offset: float = 0.0
+    """Seconds added to the firing time to get the run's logical time (templates' {yyyy}…)."""
+    batch: Batch | None = None
+    start: tuple[str, ...] = ()
+    """Tasks a fired run begins at (flowlord: the phase that carries the rule); () = the roots."""
 
 
 @dataclass(frozen=True)
@@ -62,18 +107,18 @@ class WorkflowSpec:
     """A validated workflow: a name and a DAG of tasks in dependency order."""
 
     name: str
+    """The id: a subject token and KV key (see subjects.workflow_key)."""
     tasks: tuple[TaskSpec, ...]
+    title: str = ""
+    """The name as written when it is not a valid id ("My Workflow" has the id My-Workflow)."""
     description: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float | None = None
     """Whole-run deadline in seconds."""
     max_concurrency: int | None = None
-    schedule: str | None = None
-    timezone: str | None = None
-    catchup: bool = False
-    files: tuple[str, ...] = ()
-    on_message: str | None = None
+    """At most this many tasks of one run queued or running at once."""
+    triggers: tuple[Trigger, ...] = ()
 
     @cached_property
     def by_name(self) -> dict[str, TaskSpec]:
@@ -91,16 +136,22 @@ class WorkflowSpec:
     def roots(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks if not t.depends_on)
 
+    @cached_property
+    def templated(self) -> frozenset[str]:
+        """Tasks whose payload or template holds template keys: only these are rendered at dispatch."""
+        return frozenset(t.name for t in self.tasks if templates.has_keys(t.payload) or templates.has_keys(t.template))
+
+    @property
+    def schedule(self) -> str | None:
+        """The first cron trigger's expression, for listings."""
+        return next((t.cron for t in self.triggers if t.cron), None)
+
     def retry_of(self, task: TaskSpec) -> RetryPolicy:
         return task.retry or self.retry
 
     def to_dict(self) -> dict[str, Any]:
         """A plain map (msgpack/JSON-able) that from_dict turns back into an equal spec."""
-        d = asdict(self)
-        d.pop("by_name", None)
-        d.pop("children", None)
-        d.pop("roots", None)
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorkflowSpec:
@@ -116,13 +167,21 @@ class WorkflowSpec:
             )
             for t in d["tasks"]
         )
-        rest = {k: v for k, v in d.items() if k not in ("tasks", "retry", "files")}
+        rest = {k: v for k, v in d.items() if k not in ("tasks", "retry", "triggers")}
         return cls(
             tasks=tasks,
             retry=RetryPolicy(**d["retry"]) if d.get("retry") else RetryPolicy(),
-            files=tuple(d.get("files", ())),
+            triggers=tuple(_trigger(t) for t in d.get("triggers", ())),
             **rest,
         )
+
+
+def _trigger(d: dict[str, Any]) -> Trigger:
+    batch = d.get("batch")
+    if batch is not None:
+        meta = {k: tuple(v) for k, v in batch.get("meta", {}).items()}
+        batch = Batch(**{**batch, "by": BatchBy(batch.get("by", BatchBy.DAY)), "meta": meta})
+    return Trigger(**{**d, "files": tuple(d.get("files", ())), "start": tuple(d.get("start", ())), "batch": batch})
 
 
 def topological_order(tasks: dict[str, tuple[str, ...]]) -> list[str]:

@@ -7,14 +7,21 @@ derived from the run, task and attempt, so the same inputs always give the same 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+from jetdag.engine import templates
+from jetdag.engine.durations import format_duration
 from jetdag.engine.events import (
     DeadLetter,
     Decision,
     DispatchTask,
     Event,
+    RunDeadline,
     RunSubmitted,
+    ScheduleDeadline,
     ScheduleDue,
     TaskDue,
     TaskFailed,
@@ -24,7 +31,7 @@ from jetdag.engine.events import (
 )
 from jetdag.engine.retry import next_delay, stable_random
 from jetdag.engine.rules import Verdict, evaluate
-from jetdag.engine.state import TASK_ACTIVE, RunState, RunStatus, TaskState, TaskStatus
+from jetdag.engine.state import TASK_ACTIVE, TASK_DONE, RunState, RunStatus, TaskState, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,8 @@ def decide(state: RunState | None, event: Event, now: float) -> Decision:
                 _on_failed(state, event, now, decision)
             case TaskDue():
                 _on_due(state, event, now, decision)
+            case RunDeadline():
+                _on_deadline(state, event, now, decision)
     except Exception as exc:  # a bug here must fail one run, not the engine
         log.exception("decide failed for run %s on %s", state.run_id, event.kind)
         decision = Decision()
@@ -73,6 +82,8 @@ def _on_submitted(state: RunState, ev: RunSubmitted, now: float, d: Decision) ->
     if not state.tasks:
         _finish(state, RunStatus.SUCCEEDED, now, d)
         return
+    if state.spec.timeout is not None:
+        d.commands.append(ScheduleDeadline(now + state.spec.timeout))
     for name in state.spec.roots:
         _dispatch(state, name, now, d)
 
@@ -91,6 +102,7 @@ def _on_succeeded(state: RunState, ev: TaskSucceeded, now: float, d: Decision) -
         return
     task.status, task.finished_at, task.result, task.error = TaskStatus.SUCCEEDED, ev.ts, ev.result, None
     task.worker = ev.worker or task.worker
+    state.active -= 1
     d.transitions.append(Transition(ev.task, ev.attempt, TaskStatus.SUCCEEDED.value, ev.ts))
     _settled(state, ev.task, now, d)
 
@@ -103,6 +115,7 @@ def _on_failed(state: RunState, ev: TaskFailed, now: float, d: Decision) -> None
     spec = state.spec.by_name[ev.task]
     policy = state.spec.retry_of(spec)
     task.error, task.worker = ev.error, ev.worker or task.worker
+    state.active -= 1
     if ev.retryable and ev.attempt < policy.max_attempts:
         delay = ev.retry_delay
         if delay is None:
@@ -110,11 +123,19 @@ def _on_failed(state: RunState, ev: TaskFailed, now: float, d: Decision) -> None
         task.status, task.due = TaskStatus.RETRYING, now + delay
         d.commands.append(ScheduleDue(ev.task, ev.attempt + 1, task.due))
         d.transitions.append(Transition(ev.task, ev.attempt, TaskStatus.RETRYING.value, ev.ts, ev.error))
+        _fill_slots(state, now, d)
         return
-    task.status, task.finished_at = TaskStatus.FAILED, ev.ts
-    d.commands.append(DeadLetter(ev.task, ev.attempt, spec.queue, ev.error))
-    d.transitions.append(Transition(ev.task, ev.attempt, TaskStatus.FAILED.value, ev.ts, ev.error))
-    _settled(state, ev.task, now, d)
+    _fail(state, ev.task, ev.attempt, ev.error, ev.ts, now, d)
+
+
+def _fail(state: RunState, name: str, attempt: int, error: str, ts: float, now: float, d: Decision) -> None:
+    """The task's last attempt failed: dead-letter it and let its children and the run react."""
+    assert state.spec is not None
+    task = state.tasks[name]
+    task.status, task.finished_at, task.error = TaskStatus.FAILED, ts, error
+    d.commands.append(DeadLetter(name, attempt, state.spec.by_name[name].queue, error))
+    d.transitions.append(Transition(name, attempt, TaskStatus.FAILED.value, ts, error))
+    _settled(state, name, now, d)
 
 
 def _on_due(state: RunState, ev: TaskDue, now: float, d: Decision) -> None:
@@ -132,6 +153,25 @@ def _on_due(state: RunState, ev: TaskDue, now: float, d: Decision) -> None:
         d.defer_until, d.reason = now + EARLY_RETRY, "timer ahead of the failure that set it"
 
 
+def _on_deadline(state: RunState, ev: RunDeadline, now: float, d: Decision) -> None:
+    if state.done or state.spec is None:
+        d.reason = "run already finished"
+        return
+    if ev.due > now:
+        d.defer_until, d.reason = ev.due, "deadline not reached"
+        return
+    # Results that come in later find their task cancelled and change nothing. Stopping the
+    # handlers still running belongs to run control (a cancel sent to the workers).
+    for name, task in state.tasks.items():
+        if task.status not in TASK_DONE:
+            task.status, task.finished_at, task.due = TaskStatus.CANCELLED, now, None
+            d.transitions.append(Transition(name, task.attempt, TaskStatus.CANCELLED.value, now))
+    state.ready.clear()
+    state.active = state.remaining = 0
+    limit = format_duration(state.spec.timeout or 0)
+    _finish(state, RunStatus.FAILED, now, d, error=f"run timed out: not finished within its timeout of {limit}")
+
+
 def _task_for(state: RunState, ev: TaskStarted | TaskSucceeded | TaskFailed, d: Decision) -> TaskState | None:
     """The task an event is about, or None (deferring the event when it came before its dispatch)."""
     task = state.tasks.get(ev.task)
@@ -147,15 +187,85 @@ def _task_for(state: RunState, ev: TaskStarted | TaskSucceeded | TaskFailed, d: 
 
 
 def _dispatch(state: RunState, name: str, now: float, d: Decision) -> None:
+    """Queue the task's next attempt, or hold it in `ready` while the run is at max_concurrency."""
+    assert state.spec is not None
+    limit = state.spec.max_concurrency
+    if limit is not None and (state.active >= limit or state.ready):
+        # Held tasks are queued by _fill_slots, highest priority first, not by who asks first.
+        if name not in state.ready:
+            state.ready.append(name)
+        _fill_slots(state, now, d)
+        return
+    _start(state, name, now, d)
+
+
+def _start(state: RunState, name: str, now: float, d: Decision) -> None:
     assert state.spec is not None
     spec = state.spec.by_name[name]
     task = state.tasks[name]
+    payload, info = spec.payload, spec.template
+    if task.attempt == 0 and spec.require and not _required_present(state, spec.require):
+        task.status, task.finished_at = TaskStatus.SKIPPED, now
+        d.transitions.append(Transition(name, 0, TaskStatus.SKIPPED.value, now, "a required value is missing"))
+        _settled(state, name, now, d)
+        return
+    if name in state.spec.templated:
+        try:
+            scope = _scope(state)
+            payload, info = templates.render(payload, scope), templates.render(info, scope)
+        except templates.TemplateError as exc:
+            # Rendering again would fail the same way: the attempt fails for good.
+            task.attempt += 1
+            _fail(state, name, task.attempt, f"TemplateError: {exc}", now, now, d)
+            return
     task.status, task.attempt, task.queued_at = TaskStatus.QUEUED, task.attempt + 1, now
     task.started_at = task.finished_at = None
+    state.active += 1
     d.commands.append(
-        DispatchTask(name, task.attempt, spec.queue, spec.priority, spec.handler, spec.payload, spec.timeout)
+        DispatchTask(name, task.attempt, spec.queue, spec.priority, spec.handler, payload, spec.timeout, info, spec.job)
     )
     d.transitions.append(Transition(name, task.attempt, TaskStatus.QUEUED.value, now))
+
+
+def _fill_slots(state: RunState, now: float, d: Decision) -> None:
+    """A slot freed up: dispatch held tasks, highest priority first, then in the order they became free."""
+    assert state.spec is not None
+    by_name = state.spec.by_name
+    while state.ready and (state.spec.max_concurrency is None or state.active < state.spec.max_concurrency):
+        best = max(range(len(state.ready)), key=lambda i: (by_name[state.ready[i]].priority, -i))
+        _start(state, state.ready.pop(best), now, d)
+
+
+class _Results(Mapping[str, Any]):
+    """The results of a run's succeeded tasks, read on demand: a render touches one or two."""
+
+    def __init__(self, tasks: dict[str, TaskState]) -> None:
+        self._tasks = tasks
+
+    def __getitem__(self, name: str) -> Any:
+        task = self._tasks[name]
+        if task.status is not TaskStatus.SUCCEEDED:
+            raise KeyError(name)
+        return task.result
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, t in self._tasks.items() if t.status is TaskStatus.SUCCEEDED)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _scope(state: RunState) -> templates.Scope:
+    moment = dt.datetime.fromtimestamp(state.logical_time, dt.UTC)
+    return templates.Scope(logical_time=moment, params=state.params, meta=state.meta, results=_Results(state.tasks))
+
+
+def _required_present(state: RunState, refs: tuple[str, ...]) -> bool:
+    scope = _scope(state)
+    try:
+        return all(templates.present(ref, scope) for ref in refs)
+    except templates.TemplateError:
+        return False
 
 
 def _settled(state: RunState, name: str, now: float, d: Decision) -> None:
@@ -177,7 +287,9 @@ def _settled(state: RunState, name: str, now: float, d: Decision) -> None:
                 tasks[child].status, tasks[child].finished_at = TaskStatus.SKIPPED, now
                 d.transitions.append(Transition(child, 0, TaskStatus.SKIPPED.value, now))
                 stack.append(child)
-    if state.remaining == 0:
+    if state.remaining > 0:
+        _fill_slots(state, now, d)
+    elif not state.done:
         failed = any(t.status is TaskStatus.FAILED for t in tasks.values())
         _finish(state, RunStatus.FAILED if failed else RunStatus.SUCCEEDED, now, d)
 

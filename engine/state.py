@@ -81,8 +81,15 @@ class RunState:
     """True for runs whose spec lives in the snapshot (single tasks from `jd.enqueue`)."""
     seq: int = 0
     """Steps applied so far; names the step records this run emits."""
+    logical_time: float = 0.0
+    """The time the run's templates render ({yyyy}…); the submission time unless a trigger says otherwise."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    ready: list[str] = field(default_factory=list)
+    """Tasks free to run but held back by max_concurrency, in the order they became free."""
     remaining: int = 0
     """Tasks not yet in a final state; derived on load, kept current by decide."""
+    active: int = 0
+    """Tasks queued or running; derived on load, kept current by decide."""
 
     @property
     def done(self) -> bool:
@@ -101,8 +108,13 @@ class RunState:
             "finished_at": self.finished_at,
             "error": self.error,
             "seq": self.seq,
+            "logical_time": self.logical_time,
             "tasks": {name: t.to_dict() for name, t in self.tasks.items()},
         }
+        if self.meta:
+            d["meta"] = self.meta
+        if self.ready:
+            d["ready"] = self.ready
         if self.inline and self.spec is not None:
             d["spec"] = self.spec.to_dict()
         return d
@@ -127,7 +139,11 @@ class RunState:
             error=d["error"],
             inline=inline,
             seq=d["seq"],
+            logical_time=d.get("logical_time", d["created_at"]),
+            meta=d.get("meta", {}),
+            ready=d.get("ready", []),
             remaining=sum(1 for t in tasks.values() if t.status not in TASK_DONE),
+            active=sum(1 for t in tasks.values() if t.status in TASK_ACTIVE),
         )
 
 
@@ -139,6 +155,8 @@ def new_run(
     params: dict[str, Any],
     created_at: float,
     inline: bool = False,
+    logical_time: float | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> RunState:
     """A pending run with every task waiting; the workflow's param defaults under the given params."""
     tasks = {t.name: TaskState() for t in spec.tasks} if spec else {}
@@ -152,5 +170,7 @@ def new_run(
         tasks=tasks,
         created_at=created_at,
         inline=inline,
+        logical_time=created_at if logical_time is None else logical_time,
+        meta=dict(meta or {}),
         remaining=len(tasks),
     )

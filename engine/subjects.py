@@ -31,6 +31,17 @@ def is_token(name: str) -> bool:
     return bool(_TOKEN.match(name))
 
 
+_NOT_TOKEN = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def workflow_key(name: str) -> str:
+    """The id a workflow name is stored and addressed under: runs of other characters become `-`.
+
+    "etl_daily" stays "etl_daily"; "My Workflow" becomes "My-Workflow". Empty when nothing is left.
+    """
+    return name if is_token(name) else _NOT_TOKEN.sub("-", name).strip("-")
+
+
 def partition_of(run_id: str, partitions: int = DEFAULT_PARTITIONS) -> int:
     """The partition a run belongs to: crc32 of its id, so any language can compute it."""
     return zlib.crc32(run_id.encode()) % partitions

@@ -20,7 +20,7 @@ from jetdag.engine.definitions import checks
 from jetdag.engine.definitions.checks import At, Invalid, WrongValue
 from jetdag.engine.errors import DefinitionError
 from jetdag.engine.model import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
-from jetdag.engine.subjects import DEFAULT_PRIORITY
+from jetdag.engine.subjects import DEFAULT_PRIORITY, workflow_key
 
 __all__ = ["Task", "Workflow"]
 
@@ -68,11 +68,12 @@ class Task:
         template: str | None = None,
         require: str | Iterable[str] = (),
         no_alert: bool = False,
+        job: str | None = None,
     ) -> None:
         self.name, self.handler, self.payload = name, handler, payload
         self.queue, self.priority, self.trigger_rule = queue, priority, trigger_rule
         self.max_retries, self.retry, self.timeout = max_retries, retry, timeout
-        self.template, self.require, self.no_alert = template, require, no_alert
+        self.template, self.require, self.no_alert, self.job = template, require, no_alert, job
         self.defined_at = _caller()
         self.added_at: At | None = None
         self.upstream: list[tuple[str, At]] = [(n, self.defined_at) for n in _names(depends_on)]
@@ -114,10 +115,12 @@ class Workflow:
         catchup: bool = False,
         files: str | Sequence[str] = (),
         on_message: str | None = None,
+        offset: float | str | None = None,
     ) -> None:
         self.name, self.description, self.schedule, self.params = name, description, schedule, params
         self.retry, self.timeout, self.max_concurrency = retry, timeout, max_concurrency
         self.timezone, self.catchup, self.files, self.on_message = timezone, catchup, files, on_message
+        self.offset = offset
         self.origin = _caller()
         self._tasks: list[Task] = []
         self._edges: list[tuple[str | Task, str | Task, At]] = []
@@ -143,7 +146,7 @@ class Workflow:
         """The checked, frozen workflow; DefinitionErrors lists every fault with its source line."""
         check = _Checker()
         at = self.origin
-        name = check.required(at, "name", "", checks.as_token("workflow"), self.name)
+        name = check.required(at, "name", "", checks.as_workflow_name, self.name)
         where = f" in workflow {self.name!r}"
         retry = check.retry(at, where, f" in the retry of workflow {self.name!r}", self.retry, RetryPolicy())
         if not self._tasks:
@@ -159,6 +162,13 @@ class Workflow:
         catchup = check.take(at, "catchup", where, checks.as_bool, self.catchup, False)
         files = check.take(at, "files", where, checks.as_globs, self.files, ())
         on_message = check.take(at, "on_message", where, checks.as_subject, self.on_message, None)
+        offset = check.take(at, "offset", where, checks.as_offset, self.offset, 0.0)
+        for field, value in (("timezone", self.timezone), ("catchup", self.catchup or None)):
+            if value is not None and schedule is None:
+                check.errors.append(checks.error(at, f"{field!r}{where} applies to 'schedule', which is not set"))
+        if self.offset is not None and not (schedule or files):
+            message = f"'offset'{where} applies to 'schedule' or 'files', and neither is set"
+            check.errors.append(checks.error(at, message))
         timeout = check.take(at, "timeout", where, checks.as_duration, self.timeout, None)
         max_concurrency = check.take(at, "max_concurrency", where, checks.as_int(1), self.max_concurrency, None)
         upstream = self._edge_upstream(check.errors)
@@ -178,19 +188,21 @@ class Workflow:
         check.errors.extend(checks.graph_errors(nodes))
         checks.raise_sorted(check.errors)
         by_name = {s.name: s for s in specs}
+        ordered = tuple(by_name[n] for n in checks.dependency_order(nodes))
+        where_added = {t.name: t.added_at or t.defined_at for t in self._tasks}
+        check.errors.extend(checks.template_errors(ordered, list(params), lambda task, _: where_added[task]))
+        checks.raise_sorted(check.errors)
+        key = workflow_key(str(name))
         return WorkflowSpec(
-            name=str(name),
-            tasks=tuple(by_name[n] for n in checks.dependency_order(nodes)),
+            name=key,
+            title=str(name) if name != key else "",
+            tasks=ordered,
             description=description,
             params=dict(params),
             retry=retry,
             timeout=timeout,
             max_concurrency=max_concurrency,
-            schedule=schedule,
-            timezone=timezone,
-            catchup=catchup,
-            files=files,
-            on_message=on_message,
+            triggers=checks.workflow_triggers(schedule, timezone, catchup, files, on_message, offset),
         )
 
     def _edge_upstream(self, errors: list[DefinitionError]) -> dict[int, list[tuple[str, At]]]:
@@ -253,7 +265,7 @@ class _Checker:
         at = task.added_at or task.defined_at
         where = f" in task {task.name!r}" if isinstance(task.name, str) else f" in task #{index + 1}"
         before = len(self.errors)
-        name = self.required(at, "name", "", checks.as_token("task"), task.name)
+        name = self.required(at, "name", "", checks.as_task_name, task.name)
         handler = self.required(at, "handler", where, _as_handler, task.handler)
         if task.max_retries is not None and task.retry is not None:
             self.errors.append(checks.error(at, f"'max_retries' and 'retry'{where} both set retries: keep one"))
@@ -277,5 +289,6 @@ class _Checker:
             no_alert=self.take(at, "no_alert", where, checks.as_bool, task.no_alert, False),
             require=self.take(at, "require", where, checks.as_names, task.require, ()),
             template=self.take(at, "template", where, checks.as_str, task.template, None),
+            job=self.take(at, "job", where, checks.as_str, task.job, None),
         )
         return spec if len(self.errors) == before else None

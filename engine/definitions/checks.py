@@ -8,7 +8,8 @@ same mistakes the same way.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,10 +17,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from jetdag.engine import templates
 from jetdag.engine.durations import parse_duration
 from jetdag.engine.errors import DefinitionError, DefinitionErrors
-from jetdag.engine.model import CycleFound, RetryPolicy, TriggerRule, topological_order
-from jetdag.engine.subjects import is_token
+from jetdag.engine.model import CycleFound, RetryPolicy, TaskSpec, Trigger, TriggerRule, topological_order
+from jetdag.engine.subjects import is_token, workflow_key
 
 
 class At(NamedTuple):
@@ -100,12 +102,12 @@ class BadValue(Invalid):
 
 
 class BadName(Invalid):
-    def __init__(self, kind: str, value: str) -> None:
-        self.kind, self.value = kind, value
+    def __init__(self, kind: str, value: str, allowed: str = "letters, digits, '_' and '-'") -> None:
+        self.kind, self.value, self.allowed = kind, value, allowed
         super().__init__(value)
 
     def message(self, field: str, where: str) -> str:
-        return f"invalid {self.kind} name {self.value!r}{where}: use only letters, digits, '_' and '-'"
+        return f"invalid {self.kind} name {self.value!r}{where}: use only {self.allowed}"
 
 
 def as_str(value: object) -> str:
@@ -131,6 +133,29 @@ def as_token(kind: str) -> Callable[[object], str]:
         return value
 
     return convert
+
+
+def as_workflow_name(value: object) -> str:
+    """A workflow name as written; its id (subjects.workflow_key) must not be empty."""
+    if not isinstance(value, str) or not value.strip():
+        raise WrongValue("a workflow name", value)
+    if len(value) > 200:
+        raise BadValue("a workflow name has at most 200 characters")
+    if not workflow_key(value):
+        raise BadValue(f"workflow name {value!r} needs at least one letter or digit")
+    return value.strip()
+
+
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_:-]+$")
+
+
+def as_task_name(value: object) -> str:
+    """Task names are tokens, with `:` allowed for flowlord's `topic:job`."""
+    if not isinstance(value, str):
+        raise WrongValue("a task name", value)
+    if not _TASK_NAME.match(value):
+        raise BadName("task", value, "letters, digits, '_', '-' and ':'")
+    return value
 
 
 def as_bool(value: object) -> bool:
@@ -178,6 +203,36 @@ def as_duration(value: object) -> float:
         return parse_duration(value)
     except ValueError as exc:
         raise BadValue(str(exc)) from None
+
+
+def as_offset(value: object) -> float:
+    """A signed duration: `-4h` moves the logical time back four hours."""
+    text = value.strip() if isinstance(value, str) else value
+    negative = isinstance(text, str) and text.startswith("-")
+    try:
+        seconds = parse_duration(text[1:] if negative and isinstance(text, str) else text)
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
+    return -seconds if negative else seconds
+
+
+def workflow_triggers(
+    schedule: str | None,
+    timezone: str | None,
+    catchup: bool,
+    files: tuple[str, ...],
+    on_message: str | None,
+    offset: float,
+) -> tuple[Trigger, ...]:
+    """The triggers a YAML or Python workflow declares with its top-level fields."""
+    out: list[Trigger] = []
+    if schedule:
+        out.append(Trigger(cron=schedule, timezone=timezone, catchup=catchup, offset=offset))
+    if files:
+        out.append(Trigger(files=files, offset=offset))
+    if on_message:
+        out.append(Trigger(subject=on_message, offset=offset))
+    return tuple(out)
 
 
 def as_names(value: object) -> tuple[str, ...]:
@@ -313,3 +368,35 @@ def dependency_order(nodes: Sequence[Node]) -> list[str]:
     for node in nodes:
         graph.setdefault(node.name, tuple(d for d, _ in node.deps if d != node.name))
     return topological_order(graph)
+
+
+def template_errors(
+    tasks: Sequence[TaskSpec], params: Collection[str], at: Callable[[str, str], At]
+) -> list[DefinitionError]:
+    """Template keys that can be known wrong before running: syntax, undeclared params, results of
+    tasks that are not upstream, and `require` entries that are not one key.
+
+    `at(task, field)` says where a task's field ('payload', 'template', 'require') is written.
+    Call it once the graph is known to be sound: upstream sets follow depends_on.
+    """
+    errors: list[DefinitionError] = []
+    upstream: dict[str, set[str]] = {}
+    for task in tasks:  # dependency order: parents come first
+        above = upstream.setdefault(task.name, set())
+        for parent in task.depends_on:
+            above.add(parent)
+            above.update(upstream.get(parent, ()))
+    for task in tasks:
+        label = f"task {task.name!r}"
+        for field, value in (("payload", task.payload), ("template", task.template)):
+            if value is not None:
+                for message in templates.check(
+                    value, params=params, upstream=upstream[task.name], where=f"{field} of {label}"
+                ):
+                    errors.append(error(at(task.name, field), message))
+        for ref in task.require:
+            try:
+                templates.as_require(ref)
+            except templates.TemplateError as exc:
+                errors.append(error(at(task.name, "require"), f"'require' in {label}: {exc}"))
+    return errors

@@ -12,6 +12,7 @@ from types import ModuleType
 
 from jetdag.engine.definitions import checks
 from jetdag.engine.definitions.checks import At
+from jetdag.engine.definitions.tomlfile import read_toml
 from jetdag.engine.definitions.yamlfile import read_yaml
 from jetdag.engine.errors import DefinitionError, DefinitionErrors
 from jetdag.engine.model import WorkflowSpec
@@ -20,7 +21,7 @@ _module_ids = itertools.count(1)
 
 
 def load_file(path: str | Path) -> list[WorkflowSpec]:
-    """The workflows defined in one .yaml, .yml or .py file; DefinitionErrors lists every fault."""
+    """The workflows defined in one .yaml, .yml, .toml (flowlord) or .py file; DefinitionErrors lists every fault."""
     return [spec for spec, _ in _load_located(path)]
 
 
@@ -60,9 +61,11 @@ def _load_located(path: str | Path) -> list[tuple[WorkflowSpec, At]]:
     shown, suffix = str(path), Path(path).suffix
     if suffix.lower() in (".yaml", ".yml"):
         return [read_yaml(path)]
+    if suffix.lower() == ".toml":
+        return [read_toml(path)]
     if suffix.lower() == ".py":
         return _load_python(Path(path), shown)
-    message = f"unsupported file type '{suffix}': use .yaml, .yml or .py (TOML comes with issue 3)"
+    message = f"unsupported file type '{suffix}': use .yaml, .yml, .toml or .py"
     raise DefinitionErrors([DefinitionError(shown, 1, 1, message)])
 
 

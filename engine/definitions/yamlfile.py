@@ -17,7 +17,7 @@ from jetdag.engine.definitions import checks
 from jetdag.engine.definitions.checks import At, Invalid, WrongValue
 from jetdag.engine.errors import DefinitionError, DefinitionErrors
 from jetdag.engine.model import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
-from jetdag.engine.subjects import DEFAULT_PRIORITY
+from jetdag.engine.subjects import DEFAULT_PRIORITY, workflow_key
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -28,6 +28,7 @@ _TOP = (
     "schedule",
     "timezone",
     "catchup",
+    "offset",
     "files",
     "on_message",
     "params",
@@ -50,6 +51,7 @@ _TASK = (
     "template",
     "require",
     "no_alert",
+    "job",
 )
 # Aliases can expand a small file into a huge or endless value (billion laughs, `&a [*a]`).
 _MAX_VALUES = 100_000
@@ -168,6 +170,7 @@ class _Reader:
     def __init__(self, path: str) -> None:
         self.path = path
         self.errors: list[DefinitionError] = []
+        self.task_maps: dict[str, CommentedMap] = {}
 
     def fail(self, at: At, message: str) -> None:
         self.errors.append(checks.error(at, message))
@@ -239,7 +242,7 @@ class _Reader:
             self.fail(self.here(doc), f"a workflow file must be a YAML mapping with 'name' and 'tasks', got {got}")
             return None
         self.unknown_fields(doc, _TOP, "")
-        name = self.required(doc, "name", checks.as_token("workflow"), "")
+        name = self.required(doc, "name", checks.as_workflow_name, "")
         config = self.mapping(doc, "config", "a mapping with " + ", ".join(_CONFIG), "")
         retry, timeout, max_concurrency = RetryPolicy(), None, None
         if config is not None:
@@ -255,23 +258,35 @@ class _Reader:
         catchup = self.take(doc, "catchup", checks.as_bool, "", False)
         files = self.take(doc, "files", checks.as_globs, "", ())
         on_message = self.take(doc, "on_message", checks.as_subject, "", None)
+        offset = self.take(doc, "offset", checks.as_offset, "", 0.0)
+        for key in ("timezone", "catchup"):
+            if key in doc and schedule is None:
+                self.fail(self.key_at(doc, key), f"{key!r} applies to 'schedule', which is not set")
+        if "offset" in doc and not (schedule or files):
+            self.fail(self.key_at(doc, "offset"), "'offset' applies to 'schedule' or 'files', and neither is set")
         if self.errors or name is None or tasks is None:
             return None
+        param_names = [str(k) for k in params] if params is not None else []
+        self.errors.extend(checks.template_errors(tasks, param_names, self.field_at))
+        if self.errors:
+            return None
+        key = workflow_key(name)
         spec = WorkflowSpec(
-            name=name,
+            name=key,
+            title=name if name != key else "",
             tasks=tasks,
             description=description,
             params=_plain(params) if params is not None else {},
             retry=retry,
             timeout=timeout,
             max_concurrency=max_concurrency,
-            schedule=schedule,
-            timezone=timezone,
-            catchup=catchup,
-            files=files,
-            on_message=on_message,
+            triggers=checks.workflow_triggers(schedule, timezone, catchup, files, on_message, offset),
         )
         return spec, self.value_at(doc, "name")
+
+    def field_at(self, task: str, field: str) -> At:
+        m = self.task_maps[task]
+        return self.value_at(m, field) if field in m else self.here(m)
 
     def retry(self, m: CommentedMap, where: str, inner: str, base: RetryPolicy) -> RetryPolicy:
         """`base` overridden by the fields of m's retry_policy, if it has one."""
@@ -320,14 +335,19 @@ class _Reader:
         where = f" in {label}"
         self.unknown_fields(m, _TASK, where)
         if "name" in m:
-            self.required(m, "name", checks.as_token("task"), "")
+            self.required(m, "name", checks.as_task_name, "")
         else:
             self.fail(self.here(m), f"missing required field 'name' in {label}")
-        handler = self.required(m, "handler", checks.as_handler, where)
         if "queue" in m and "type" in m:
             self.fail(self.key_at(m, "type"), f"'type' and 'queue'{where} name the same thing: keep one")
         queue_key = "type" if "type" in m and "queue" not in m else "queue"
         queue = self.take(m, queue_key, checks.as_token("queue"), where, "default")
+        handler: str | None = queue  # FlowCtl's `type: etl` alone: queue etl, served by the handler etl
+        if "handler" in m:
+            handler = self.required(m, "handler", checks.as_handler, where)
+        elif queue_key not in m:
+            self.fail(self.here(m), f"missing 'handler'{where}: name the handler that runs it, or a 'type'")
+            handler = None
         if "max_retries" in m and "retry_policy" in m:
             at = self.key_at(m, "retry_policy")
             self.fail(at, f"'max_retries' and 'retry_policy'{where} both set retries: keep one")
@@ -345,9 +365,11 @@ class _Reader:
         template = self.take(m, "template", checks.as_str, where, None)
         require = self.take(m, "require", checks.as_names, where, ())
         no_alert = self.take(m, "no_alert", checks.as_bool, where, False)
+        job = self.take(m, "job", checks.as_str, where, None)
         if not isinstance(raw_name, str):
             return None, None
         node = checks.Node(raw_name, self.here(m), self.value_at(m, "name"), deps)
+        self.task_maps.setdefault(raw_name, m)
         if handler is None:
             return None, node
         spec = TaskSpec(
@@ -363,6 +385,7 @@ class _Reader:
             no_alert=no_alert,
             require=require,
             template=template,
+            job=job,
         )
         return spec, node
 

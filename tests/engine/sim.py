@@ -19,7 +19,7 @@ from jetdag.engine.events import (
 from jetdag.engine.model import WorkflowSpec
 from jetdag.engine.rules import Verdict, evaluate
 from jetdag.engine.run import decide
-from jetdag.engine.state import TASK_DONE, RunState, new_run
+from jetdag.engine.state import TASK_ACTIVE, TASK_DONE, RunState, new_run
 
 Oracle = Callable[[str, int], bool]  # (task, attempt) -> succeeds?
 
@@ -43,6 +43,10 @@ class World:
         event = self.pool[index] if keep_copy else self.pool.pop(index)
         self.now += 1000.0  # every retry delay in these tests is shorter than one tick
         decision = decide(self.state, event, self.now)
+        active = sum(1 for t in self.state.tasks.values() if t.status in TASK_ACTIVE)
+        assert self.state.active == active, f"active counter {self.state.active}, really {active}"
+        limit = self.spec.max_concurrency
+        assert limit is None or active <= limit, f"{active} tasks active, max_concurrency {limit}"
         if decision.defer_until is not None:
             if not keep_copy:
                 self.pool.append(event)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from jetdag.engine.definitions import load_file, load_yaml, validate_files
 from jetdag.engine.errors import DefinitionErrors
-from jetdag.engine.model import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
+from jetdag.engine.model import RetryPolicy, TaskSpec, Trigger, TriggerRule, WorkflowSpec
 from jetdag.engine.workflow import Task, Workflow
 
 DIAMOND = """\
@@ -101,9 +101,10 @@ def test_every_field_is_read_into_the_model() -> None:
         catchup: true
         files: "in/*.csv"
         on_message: orders.created
+        offset: -4h
         params: {day: 2024-01-31, n: 3}
         tasks:
-          - {name: a, type: etl, handler: noop, max_retries: 4, timeout: 90s, require: ready, no_alert: true}
+          - {name: a, type: etl, handler: noop, max_retries: 4, timeout: 90s, require: "meta:ready", no_alert: true}
           - name: b
             handler: sleep
             payload: {seconds: 1.5, when: 2024-01-01}
@@ -114,12 +115,21 @@ def test_every_field_is_read_into_the_model() -> None:
             template: "{yyyy}-{mm}"
         """),
     )
-    assert (spec.schedule, spec.timezone, spec.catchup) == ("*/5 * * * *", "Europe/Paris", True)
-    assert (spec.files, spec.on_message) == (("in/*.csv",), "orders.created")
+    assert spec.triggers == (
+        Trigger(cron="*/5 * * * *", timezone="Europe/Paris", catchup=True, offset=-14400.0),
+        Trigger(files=("in/*.csv",), offset=-14400.0),
+        Trigger(subject="orders.created", offset=-14400.0),
+    )
     assert spec.params == {"day": "2024-01-31", "n": 3}
     assert spec.tasks == (
         TaskSpec(
-            "a", "noop", queue="etl", retry=RetryPolicy(max_attempts=5), timeout=90.0, require=("ready",), no_alert=True
+            "a",
+            "noop",
+            queue="etl",
+            retry=RetryPolicy(max_attempts=5),
+            timeout=90.0,
+            require=("meta:ready",),
+            no_alert=True,
         ),
         TaskSpec(
             "b",
@@ -221,7 +231,7 @@ def test_tasks_are_put_in_dependency_order() -> None:
         ),
         pytest.param(
             workflow_yaml("- {name: load data, handler: h}"),
-            "wf.yaml:3:12: invalid task name 'load data': use only letters, digits, '_' and '-'",
+            "wf.yaml:3:12: invalid task name 'load data': use only letters, digits, '_', '-' and ':'",
             id="bad-name-token",
         ),
         pytest.param(
@@ -231,7 +241,7 @@ def test_tasks_are_put_in_dependency_order() -> None:
         ),
         pytest.param(
             workflow_yaml("- {name: a}"),
-            "wf.yaml:3:5: missing required field 'handler' in task 'a'",
+            "wf.yaml:3:5: missing 'handler' in task 'a': name the handler that runs it, or a 'type'",
             id="missing-handler",
         ),
         pytest.param(
@@ -257,12 +267,12 @@ def test_tasks_are_put_in_dependency_order() -> None:
             id="bad-jitter",
         ),
         pytest.param(
-            "catchup: yes\n" + workflow_yaml("- {name: a, handler: h}"),
+            "catchup: yes\nschedule: '@daily'\n" + workflow_yaml("- {name: a, handler: h}"),
             "wf.yaml:1:10: 'catchup' must be true or false, got 'yes'",
             id="not-a-bool",
         ),
         pytest.param(
-            "timezone: Mars/Base\n" + workflow_yaml("- {name: a, handler: h}"),
+            "timezone: Mars/Base\nschedule: '@daily'\n" + workflow_yaml("- {name: a, handler: h}"),
             "wf.yaml:1:11: 'timezone': unknown time zone 'Mars/Base': use an IANA name like 'UTC' or 'Europe/Paris'",
             id="bad-timezone",
         ),
@@ -284,14 +294,14 @@ def test_each_mistake_gets_its_message_and_place(text: str, expected: str) -> No
 
 def test_all_errors_of_a_file_are_reported_in_line_order() -> None:
     text = """\
-name: my flow
+name: '...'
 schedul: "* * * * *"
 tasks:
   - {name: a, handler: h, priority: -1}
   - {name: b, handler: h, depends_on: [zz]}
 """
     assert errors_of(text) == [
-        "wf.yaml:1:7: invalid workflow name 'my flow': use only letters, digits, '_' and '-'",
+        "wf.yaml:1:7: 'name': workflow name '...' needs at least one letter or digit",
         "wf.yaml:2:1: unknown field 'schedul' (did you mean 'schedule'?)",
         "wf.yaml:4:37: 'priority' in task 'a' must be an integer from 0 to 9, got -1",
         "wf.yaml:5:40: task 'b' depends on unknown task 'zz'",
@@ -307,7 +317,7 @@ def test_every_duplicate_key_is_reported() -> None:
 
 
 def test_builder_errors_point_at_the_source_lines() -> None:
-    wf, wf_line = Workflow(name="bad name"), here()
+    wf, wf_line = Workflow(name="..."), here()
     _, a_line = wf.add(Task("a", handler="h", priority=11)), here()
     _, b_line = wf.add(Task("b", handler=print)), here()
     edge_line = here() + 1
@@ -316,11 +326,11 @@ def test_builder_errors_point_at_the_source_lines() -> None:
         wf.spec()
     path = __file__
     assert [str(e) for e in caught.value.errors] == [
-        f"{path}:{wf_line}:1: invalid workflow name 'bad name': use only letters, digits, '_' and '-'",
+        f"{path}:{wf_line}:1: 'name': workflow name '...' needs at least one letter or digit",
         f"{path}:{a_line}:1: 'priority' in task 'a' must be an integer from 0 to 9, got 11",
         f"{path}:{b_line}:1: 'handler' in task 'b' must be a handler name or a function registered "
         "with @handler, got the function print",
-        f"{path}:{edge_line}:1: set_downstream: workflow 'bad name' has no task 'nope'",
+        f"{path}:{edge_line}:1: set_downstream: workflow '...' has no task 'nope'",
     ]
 
 
@@ -358,7 +368,7 @@ def test_load_file_collects_the_workflows_of_a_python_file(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("name", "source", "expected"),
     [
-        ("notes.txt", "", "1:1: unsupported file type '.txt': use .yaml, .yml or .py (TOML comes with issue 3)"),
+        ("notes.txt", "", "1:1: unsupported file type '.txt': use .yaml, .yml, .toml or .py"),
         ("empty.py", "x = 1\n", '1:1: no Workflow defined: assign one at module level, like wf = Workflow(name="etl")'),
         (
             "boom.py",
@@ -421,3 +431,54 @@ def test_any_dag_gives_the_same_spec_from_yaml_and_from_python(dag: list[tuple[s
     assert from_python.to_dict() == load_yaml("random.yaml", "\n".join(lines)).to_dict()
     position = {t.name: i for i, t in enumerate(from_python.tasks)}
     assert all(position[d] < position[t.name] for t in from_python.tasks for d in t.depends_on)
+
+
+# --- FlowCtl's example, names as written, and the checks added with templates -------------------
+
+FLOWCTL = Path(__file__).parent / "flowctl" / "my_workflow.yaml"
+
+
+def test_the_flowctl_example_loads_unchanged() -> None:
+    """The YAML from FlowCtl's README, byte for byte: a name with a space and tasks given only a type."""
+    [spec] = load_file(FLOWCTL)
+    assert (spec.name, spec.title) == ("My-Workflow", "My Workflow")
+    assert (spec.max_concurrency, spec.timeout) == (10, 3600.0)
+    assert spec.retry == RetryPolicy(max_attempts=3, initial_delay=10.0, max_delay=300.0, backoff_factor=2.0)
+    task1, task2 = spec.tasks
+    assert (task1.queue, task1.handler, task1.priority) == ("etl", "etl", 1)
+    assert task1.payload == {"source_url": "s3://bucket/data", "target_url": "postgres://db/table"}
+    assert (task2.queue, task2.handler, task2.depends_on) == ("generic", "generic", ("task1",))
+    assert task2.retry == RetryPolicy(max_attempts=6, initial_delay=10.0, max_delay=300.0, backoff_factor=2.0)
+
+
+def test_schedule_options_without_a_schedule_are_errors() -> None:
+    text = "name: wf\ntimezone: UTC\ncatchup: true\noffset: -1h\n" + workflow_yaml("- {name: a, handler: h}")[9:]
+    assert errors_of(text) == [
+        "wf.yaml:2:1: 'timezone' applies to 'schedule', which is not set",
+        "wf.yaml:3:1: 'catchup' applies to 'schedule', which is not set",
+        "wf.yaml:4:1: 'offset' applies to 'schedule' or 'files', and neither is set",
+    ]
+
+
+def test_template_keys_are_checked_where_they_are_written() -> None:
+    text = """\
+name: wf
+params: {day: today}
+tasks:
+  - {name: a, handler: h, payload: {argv: [x, "{param:dya}"]}}
+  - {name: b, handler: h, depends_on: a, template: "{yyy}/{result:c.rows}"}
+  - {name: c, handler: h, require: "{nope:x}"}
+"""
+    assert errors_of(text) == [
+        "wf.yaml:4:36: template key '{param:dya}' in payload.argv[1] of task 'a': the workflow declares no param "
+        "'dya' (did you mean '{param:day}'?)",
+        "wf.yaml:5:52: unknown template key '{yyy}' in template of task 'b' (did you mean '{yyyy}'?)",
+        "wf.yaml:5:52: template key '{result:c.rows}' in template of task 'b': 'c' is not upstream of this task",
+        "wf.yaml:6:36: 'require' in task 'c': unknown template key '{nope:x}' (known keys: {yyyy} {mm} {dd} {hh} "
+        "{ts} {meta:...} {param:...} {result:...}; write '{{' and '}}' for literal braces)",
+    ]
+
+
+def test_a_task_name_may_carry_a_flowlord_job() -> None:
+    spec = load_yaml("wf.yaml", workflow_yaml("- {name: 'topic:job', handler: topic, job: job}"))
+    assert (spec.tasks[0].name, spec.tasks[0].job) == ("topic:job", "job")

@@ -194,7 +194,8 @@ def workflows(draw: st.DrawFn) -> tuple[WorkflowSpec, dict[tuple[str, int], bool
         tasks.append(TaskSpec(f"t{i}", "noop", depends_on=tuple(parents), trigger_rule=rule,
                               retry=RetryPolicy(max_attempts=attempts, initial_delay=1.0, max_delay=5.0)))  # fmt: skip
     oracle = {(f"t{i}", a): draw(st.booleans()) for i in range(n) for a in (1, 2, 3)}
-    return WorkflowSpec("w", tuple(tasks)), oracle
+    limit = draw(st.none() | st.integers(1, 3))
+    return WorkflowSpec("w", tuple(tasks), max_concurrency=limit), oracle
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
