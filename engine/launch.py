@@ -28,6 +28,7 @@ from jetdag.engine.client import Client
 from jetdag.engine.definitions import validate_files
 from jetdag.engine.errors import ConfigError
 from jetdag.engine.home import DataDir
+from jetdag.engine.model import WorkflowSpec
 from jetdag.engine.nats.server import NatsServer
 from jetdag.web.app import create_app
 
@@ -99,10 +100,14 @@ def _bind(http: str) -> socket.socket:
     return sock
 
 
-async def _apply_definitions(url: str, paths: list[str]) -> list[str]:
+def _read_definitions(paths: list[str]) -> list[WorkflowSpec]:
     specs, errors = validate_files(paths)
     for error in errors:  # a bad file is reported; the good ones still load
         click.echo(f"skipped: {error}", err=True)
+    return specs
+
+
+async def _apply_definitions(url: str, specs: list[WorkflowSpec]) -> list[str]:
     async with await Client.connect(url) as client:
         for spec in specs:
             await client.apply(spec)
@@ -133,8 +138,11 @@ async def run_up(
             nats = server.start()
             _watch_child(server, server_died)
         engine_id = _engine_id(data)
-        async with System(nats, queues=queues, concurrency=concurrency, engine_id=engine_id, drain_timeout=10):
-            names = await _apply_definitions(nats, _definition_paths(workflows, no_examples))
+        specs = _read_definitions(_definition_paths(workflows, no_examples))
+        # One command runs what it loads: the worker also serves every queue those workflows use.
+        served = list(dict.fromkeys([*queues, *(t.queue for spec in specs for t in spec.tasks)]))
+        async with System(nats, queues=served, concurrency=concurrency, engine_id=engine_id, drain_timeout=10):
+            names = await _apply_definitions(nats, specs)
             web = uvicorn.Server(uvicorn.Config(create_app(nats), log_level="warning", timeout_graceful_shutdown=2))
             web.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # ours
             web_task = asyncio.create_task(web.serve(sockets=[sock]), name="web")
@@ -181,7 +189,8 @@ def _engine_id(data: Path) -> str:
 
 def _definition_paths(workflows: Path | None, no_examples: bool) -> list[str]:
     paths = [] if no_examples else sorted(str(p) for p in files("jetdag.engine.examples").iterdir())
-    paths = [p for p in paths if p.endswith(".yaml")]
+    kinds = (".yaml", ".yml", ".toml", ".py")
+    paths = [p for p in paths if Path(p).suffix in kinds and not Path(p).name.startswith("__")]
     if workflows:
-        paths += [str(p) for p in sorted(workflows.iterdir()) if p.suffix in (".yaml", ".yml", ".py")]
+        paths += [str(p) for p in sorted(workflows.iterdir()) if p.suffix in kinds]
     return paths

@@ -90,7 +90,7 @@ def _load_python(path: Path, shown: str) -> list[tuple[WorkflowSpec, At]]:
         try:
             found.append((value.spec(), value.origin))
         except DefinitionErrors as exc:
-            errors.extend(exc.errors)
+            errors.extend(_as_given(e, path, shown) for e in exc.errors)
     if not found and not errors:
         example = 'wf = Workflow(name="etl")'
         errors.append(DefinitionError(shown, 1, 1, f"no Workflow defined: assign one at module level, like {example}"))
@@ -101,6 +101,13 @@ def _load_python(path: Path, shown: str) -> list[tuple[WorkflowSpec, At]]:
         first.setdefault(spec.name, at)
     checks.raise_sorted(errors)
     return found
+
+
+def _as_given(err: DefinitionError, path: Path, shown: str) -> DefinitionError:
+    """`err` naming the file as the user wrote it: the builder only knows the interpreter's path."""
+    if err.path != shown and Path(err.path).resolve() == path.resolve():
+        return DefinitionError(shown, err.line, err.column, err.message)
+    return err
 
 
 def _import(path: Path, shown: str) -> ModuleType:

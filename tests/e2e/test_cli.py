@@ -132,6 +132,28 @@ def test_validate_reports_a_cycle_and_an_unknown_dependency_as_path_line_col(tmp
     assert any(line.startswith("tangled.yaml:11:") and "'nosuch'" in line for line in lines), lines
 
 
+def test_validate_reports_toml_and_python_errors_with_their_places(tmp_path: Path) -> None:
+    write(tmp_path / "phases.toml", '[[Phase]]\ntask = "a"\nrule = "cron=0 0 1 * *&offest=-1h"\n')
+    write(tmp_path / "flows.py", 'from jetdag.engine.workflow import Task, Workflow\nwf = Workflow(name="w")\n')
+    done = jetdag("validate", "phases.toml", "flows.py", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "phases.toml:3:24: unknown rule key 'offest' in phase 'a' (did you mean 'offset'?)",
+        "flows.py:2:1: workflow 'w' has no tasks: add them with wf.add(Task(...))",
+    ]
+
+
+def test_every_example_runs_in_up(tmp_path: Path) -> None:
+    """`make run`'s promise: the examples of every format load and succeed (flaky on its third attempt)."""
+    up = start_up(tmp_path, examples=True)
+    try:
+        for args in (("nightly", "--at", "2026-01-02"), ("ingest", "-p", "dir=/tmp"), ("diamond",), ("report",)):
+            done = up.cli("submit", *args, "--wait")
+            assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        stop_up(up, signal.SIGTERM)
+
+
 def test_apply_reports_created_then_unchanged(applied: tuple[subprocess.CompletedProcess[str], ...]) -> None:
     first, second = applied
     assert first.returncode == 0, first.stderr
