@@ -1,4 +1,5 @@
-"""System: the roles one process plays (engine, worker) on one NATS connection, started and stopped in order."""
+"""System: the roles one process plays (engine, worker, auditor) on one NATS connection, started and stopped
+in order."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client as NATS
 
@@ -16,6 +19,7 @@ from jetdag.engine.stores.defs import DefStore
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.subjects import DEFAULT_PARTITIONS
 
+from .auditor import Auditor
 from .context import EngineContext
 from .engine import Engine
 from .worker import Worker
@@ -38,6 +42,8 @@ class System:
         topology: Topology | None = None,
         idle_timeout: float = 30.0,
         drain_timeout: float = 30.0,
+        audit: Path | None = None,
+        retention_days: float = 90.0,
     ) -> None:
         self.url, self.with_engine, self.queues = url, engine, list(queues)
         self.concurrency, self.partitions, self.topology = concurrency, partitions, topology or Topology()
@@ -46,6 +52,8 @@ class System:
         self.nc: NATS | None = None
         self.engine: Engine | None = None
         self.worker: Worker | None = None
+        self.audit_path, self.retention_days = audit, retention_days
+        self.auditor: Auditor | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -58,19 +66,28 @@ class System:
                 engine_id=self.engine_id, partitions=self.partitions, idle_timeout=self.idle_timeout,
             )  # fmt: skip
             self.engine = Engine(ctx, lease_ttl=self.topology.lease_ttl)
-            self._tasks.append(asyncio.create_task(self.engine.run(), name="engine"))
+            self._spawn(self.engine.run(), "engine")
+        if self.audit_path is not None:
+            self.auditor = Auditor(self.nc, js, self.audit_path, retention_days=self.retention_days)
+            self._spawn(self.auditor.run(), "auditor")
         if self.queues:
             self.worker = Worker(
                 self.nc, js, self.queues, concurrency=self.concurrency, drain_timeout=self.drain_timeout
             )
-            self._tasks.append(asyncio.create_task(self.worker.run(), name="worker"))
-        if self.engine:
-            ready = asyncio.create_task(self.engine.ready.wait())
+            self._spawn(self.worker.run(), "worker")
+        waits = [role.ready.wait() for role in (self.engine, self.auditor) if role is not None]
+        if waits:
+            ready: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*waits))
             done, _ = await asyncio.wait([ready, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
             if ready not in done:
                 ready.cancel()
                 for task in done:
                     task.result()  # a role that died while starting: raise its error
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(_report)
+        self._tasks.append(task)
 
     async def wait(self) -> None:
         """Until a role ends (it only does on an error, which is raised)."""
@@ -98,3 +115,9 @@ class System:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _report(task: asyncio.Task[None]) -> None:
+    """A role that ends on its own has failed: say so at once, whoever awaits it later."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the %s stopped: %r", task.get_name(), task.exception(), exc_info=task.exception())

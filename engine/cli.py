@@ -6,7 +6,9 @@ This is the composition root: the one module of `engine` that may import `actors
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime as dt
+import io
 import logging
 import sys
 from collections.abc import Callable, Coroutine
@@ -54,6 +56,34 @@ def print_json(obj: Any) -> None:
     click.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
 
 
+def print_result(result: dict[str, Any], fmt: str) -> None:
+    """A query result as an aligned table, CSV or JSON (`{"columns", "rows", …}`)."""
+    columns, rows = result["columns"], result["rows"]
+    if fmt == "json":
+        print_json(result)
+        return
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "" if fmt == "csv" else "NULL"
+        return v if isinstance(v, str) else orjson.dumps(v).decode()
+
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([cell(v) for v in row] for row in rows)
+        click.echo(out.getvalue(), nl=False)
+        return
+    text = [[cell(v).replace("\n", " ") for v in row] for row in rows]
+    widths = [min(60, max([len(c), *(len(r[i]) for r in text)])) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in text:
+        click.echo("  ".join(v[:w].ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    more = " (more rows exist: raise --max-rows)" if result.get("truncated") else ""
+    click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''}{more})")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @opt("--log-level", default="warning", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 def main(log_level: str) -> None:
@@ -74,8 +104,9 @@ def main(log_level: str) -> None:
 @opt("--concurrency", default=32, show_default=True, help="Tasks the worker runs at once.")
 @opt("--durability", type=click.Choice(["fast", "strict"]), default="fast", show_default=True,
      help="strict: fsync every write (sync_interval always); fast: the server default.")  # fmt: skip
+@opt("--retention-days", default=90.0, show_default=True, help="Audit log: forget finished runs older than this.")
 def up(**kw: Any) -> None:
-    """Everything in one process tree: embedded NATS, engine, worker and dashboard."""
+    """Everything in one process tree: embedded NATS, engine, worker, auditor and dashboard."""
     from jetdag.engine.launch import run_up
 
     run_async(run_up(**kw))
@@ -104,6 +135,89 @@ def worker(nats: str | None, data: Path, queues: tuple[str, ...], imports: tuple
 
     import_handlers(imports)
     run_async(serve_roles(find_nats(nats, data), engine=False, queues=list(queues), concurrency=concurrency))
+
+
+@main.command()
+@nats_opt
+@data_opt
+@opt("--db", type=click.Path(path_type=Path, dir_okay=False), help="The DuckDB file; default DATA/audit.duckdb.")
+@opt("--retention-days", default=90.0, show_default=True, help="Forget finished runs older than this.")
+def auditor(nats: str | None, data: Path, db: Path | None, retention_days: float) -> None:
+    """The auditor role alone: every event into the DuckDB audit log, and SQL over it. One per file."""
+    from jetdag.engine.launch import serve_roles
+
+    url = find_nats(nats, data)
+    run_async(
+        serve_roles(url, engine=False, queues=[], audit=db or data / "audit.duckdb", retention_days=retention_days)
+    )
+
+
+# --- the audit log --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--max-rows", default=10_000, show_default=True, help="Stop after this many rows.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds before the query is stopped.")
+@nats_opt
+@data_opt
+def sql(query: str, fmt: str, max_rows: int, timeout: float, nats: str | None, data: Path) -> None:
+    """Read-only SQL over the audit log (tables: events, runs, tasks, attempts, workers, files, alerts)."""
+
+    async def go() -> int:
+        from jetdag.engine.client import Client
+
+        async with await Client.connect(find_nats(nats, data)) as client:
+            result = await client.sql(query, max_rows=max_rows, timeout=timeout)
+        print_result(result, fmt)
+        return 0
+
+    run_async(go())
+
+
+@main.group()
+def audit() -> None:
+    """Look after the audit log: prune old runs, export it to Parquet."""
+
+
+@audit.command()
+@opt("--days", type=float, help="Forget finished runs older than this many days (default: the auditor's retention).")
+@nats_opt
+@data_opt
+@json_opt
+def prune(days: float | None, nats: str | None, data: Path, as_json: bool) -> None:
+    """Delete finished runs older than the retention now (live runs are never deleted)."""
+
+    async def go() -> int:
+        from jetdag.engine.client import Client
+
+        async with await Client.connect(find_nats(nats, data)) as client:
+            removed = await client.audit("prune", {} if days is None else {"days": days})
+        print_json(removed) if as_json else click.echo(", ".join(f"{n} {t}" for t, n in removed.items()) + " removed")
+        return 0
+
+    run_async(go())
+
+
+@audit.command()
+@opt("--to", "to", required=True, type=click.Path(path_type=Path, file_okay=False), help="Directory to write into.")
+@nats_opt
+@data_opt
+@json_opt
+def export(to: Path, nats: str | None, data: Path, as_json: bool) -> None:
+    """Write every table as Parquet under DIR (by day), on the auditor's machine."""
+    target = str(to.resolve())
+
+    async def go() -> int:
+        from jetdag.engine.client import Client
+
+        async with await Client.connect(find_nats(nats, data)) as client:
+            done = await client.audit("export", {"to": target})
+        print_json(done) if as_json else click.echo("\n".join(done["files"]))
+        return 0
+
+    run_async(go())
 
 
 # --- definitions ----------------------------------------------------------------------------------
@@ -219,18 +333,22 @@ def submit(
 
 @main.command()
 @click.argument("run_id")
+@click.option("--summary", is_flag=True, help="Timings from the audit log: waits, runs, stages, critical path.")
 @nats_opt
 @data_opt
 @json_opt
-def status(run_id: str, nats: str | None, data: Path, as_json: bool) -> None:
+def status(run_id: str, summary: bool, nats: str | None, data: Path, as_json: bool) -> None:
     """A run's status and each task's status and attempts."""
 
     async def go() -> int:
         from jetdag.engine.client import Client
 
         async with await Client.connect(find_nats(nats, data)) as client:
-            view = await client.status(run_id)
-        print_json(view) if as_json else _print_run(view)
+            view = await (client.summary(run_id) if summary else client.status(run_id))
+        if as_json:
+            print_json(view)
+        else:
+            _print_summary(view) if summary else _print_run(view)
         return 0
 
     run_async(go())
@@ -263,6 +381,22 @@ def runs(workflow: str | None, status: str | None, limit: int, nats: str | None,
         return 0
 
     run_async(go())
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    def secs(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}s"
+
+    click.echo(f"run {s['run_id']}  {s['status']}  duration {secs(s['duration_s'])}  retries {s['total_retries']}")
+    click.echo(f"critical path {secs(s['critical_path_s'])}: {' -> '.join(s['critical_path'])}")
+    if s.get("failed_task"):
+        click.echo(f"caused by {s['failed_task']}: {s['failure']}")
+    click.echo(f"  {'task':24} {'status':10} {'attempts':>8} {'wait':>10} {'run':>10} {'elapsed':>10}  stage")
+    for t in s["tasks"]:
+        click.echo(
+            f"  {t['task']:24} {t['status']:10} {t['attempts']:>8} {secs(t['wait_s']):>10} {secs(t['run_s']):>10}"
+            f" {secs(t['elapsed_s']):>10}  {t['depth']}"
+        )
 
 
 def _print_run(view: dict[str, Any]) -> None:

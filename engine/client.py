@@ -8,12 +8,14 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 
 from jetdag.engine import subjects as S
 from jetdag.engine.durations import parse_duration
-from jetdag.engine.errors import ConfigError, NotFound
+from jetdag.engine.errors import AuditError, AuditUnavailable, ConfigError, NotFound
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.messages import MSG_ID, pack
 from jetdag.engine.model import WorkflowSpec
@@ -129,6 +131,41 @@ class Client:
             raise NotFound("run", run_id)
 
         return await asyncio.wait_for(until_done(), timeout)
+
+    async def audit(self, verb: str, request: dict[str, Any] | None = None, timeout: float = 70.0) -> Any:
+        """Ask the auditor (`jd.audit.<verb>`); AuditError when it refuses or fails, AuditUnavailable when none runs."""
+        try:
+            msg = await self.nc.request(S.audit_subject(verb), orjson.dumps(request or {}), timeout=timeout)
+        except NoRespondersError:
+            raise AuditUnavailable(
+                "no auditor is running: the audit log is served by `jetdag up` or `jetdag auditor`"
+            ) from None
+        except NatsTimeout:
+            raise AuditError(f"the auditor did not answer {verb!r} within {timeout:g}s") from None
+        reply = orjson.loads(msg.data)
+        if reply.get("not_found"):
+            raise NotFound(*reply["not_found"])
+        if not reply.get("ok"):
+            raise AuditError(str(reply.get("error")), refused=bool(reply.get("refused")))
+        return reply["result"]
+
+    async def sql(self, sql: str, *, max_rows: int = 10_000, timeout: float = 10.0) -> dict[str, Any]:
+        """Run one read-only SELECT over the audit log: `{"columns", "types", "rows", "truncated", "elapsed_ms"}`."""
+        request = {"sql": sql, "max_rows": max_rows, "timeout": timeout}
+        result: dict[str, Any] = await self.audit("sql", request, timeout=timeout + 10)
+        return result
+
+    async def summary(self, run_id: str) -> dict[str, Any]:
+        """Per-task wait and run times, stages, the critical path and the task that caused a failure."""
+        result: dict[str, Any] = await self.audit("summary", {"run_id": run_id})
+        return result
+
+    async def task_audit(self, run_id: str, task: str, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        """The attempts of one task and a page of its events (ids above `after`, oldest first); `next` pages on."""
+        result: dict[str, Any] = await self.audit(
+            "task", {"run_id": run_id, "task": task, "after": after, "limit": limit}
+        )
+        return result
 
     async def runs_list(
         self, *, workflow: str | None = None, status: str | None = None, limit: int = 100

@@ -53,3 +53,15 @@ class ConfigError(JetdagError):
 
 class ServerError(JetdagError):
     """The embedded nats-server failed; the message carries its own words."""
+
+
+class AuditError(JetdagError):
+    """The auditor refused a request (`refused`: the request is not allowed) or could not answer it."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        self.message, self.refused = message, refused
+        super().__init__(message)
+
+
+class AuditUnavailable(ConfigError):
+    """No auditor answers: the audit log is served by `jetdag up` or `jetdag auditor`."""

@@ -52,13 +52,23 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def serve_roles(
-    url: str, *, engine: bool, queues: list[str], concurrency: int = 32, engine_id: str | None = None
+    url: str,
+    *,
+    engine: bool,
+    queues: list[str],
+    concurrency: int = 32,
+    engine_id: str | None = None,
+    audit: Path | None = None,
+    retention_days: float = 90.0,
 ) -> int:
-    """Run the engine and/or a worker until SIGINT/SIGTERM."""
+    """Run the engine, a worker and/or the auditor until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    async with System(url, engine=engine, queues=queues, concurrency=concurrency, engine_id=engine_id) as system:
-        role = "engine" if engine else f"worker for {', '.join(queues)}"
+    async with System(
+        url, engine=engine, queues=queues, concurrency=concurrency, engine_id=engine_id, audit=audit,
+        retention_days=retention_days,
+    ) as system:  # fmt: skip
+        role = "engine" if engine else f"worker for {', '.join(queues)}" if queues else f"auditor of {audit}"
         click.echo(f"jetdag {role} connected to {url}; stop with Ctrl-C", err=True)
         await _until(stop, system.wait())
     return 0
@@ -123,6 +133,7 @@ async def run_up(
     queues: tuple[str, ...],
     concurrency: int,
     durability: str,
+    retention_days: float,
 ) -> int:
     """Embedded NATS (unless --nats), engine, worker and web in one process tree, until a signal."""
     home = DataDir(data)
@@ -141,7 +152,10 @@ async def run_up(
         specs = _read_definitions(_definition_paths(workflows, no_examples))
         # One command runs what it loads: the worker also serves every queue those workflows use.
         served = list(dict.fromkeys([*queues, *(t.queue for spec in specs for t in spec.tasks)]))
-        async with System(nats, queues=served, concurrency=concurrency, engine_id=engine_id, drain_timeout=10):
+        async with System(
+            nats, queues=served, concurrency=concurrency, engine_id=engine_id, drain_timeout=10,
+            audit=data / "audit.duckdb", retention_days=retention_days,
+        ) as system:  # fmt: skip
             names = await _apply_definitions(nats, specs)
             web = uvicorn.Server(uvicorn.Config(create_app(nats), log_level="warning", timeout_graceful_shutdown=2))
             web.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # ours
@@ -154,7 +168,7 @@ async def run_up(
             click.echo(f"jetdag is up\n  dashboard  {dashboard}\n  nats       {nats}   (data in {data})")
             click.echo(f"  workflows  {', '.join(names) or '(none)'}\nStop with Ctrl-C.", nl=True)
             try:
-                await _until(stop, server_died.wait(), web_task)
+                await _until(stop, server_died.wait(), web_task, system.wait())
             finally:
                 web.should_exit = True
                 with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -94,3 +94,11 @@ def command_subject(verb: str) -> str:
 
 def lease_key(partition: int) -> str:
     return f"partition-{partition}"
+
+
+AUDITOR_CONSUMER: Final = "jd_auditor"
+
+
+def audit_subject(verb: str) -> str:
+    """Requests to the auditor, the one process that holds the DuckDB file: sql, prune, export, info."""
+    return f"jd.audit.{verb}"

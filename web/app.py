@@ -10,9 +10,10 @@ from litestar import Litestar, Request, Response
 from litestar.openapi import OpenAPIConfig
 
 from jetdag.engine.client import Client
-from jetdag.engine.errors import NotFound
+from jetdag.engine.errors import AuditError, AuditUnavailable, NotFound
 from jetdag.engine.subjects import DEFAULT_PARTITIONS
 
+from .api.audit import run_sql, run_summary, task_audit
 from .api.health import health
 from .api.runs import get_run, list_runs, start_run
 from .pages import index
@@ -20,6 +21,14 @@ from .pages import index
 
 def _not_found(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
     return Response({"detail": str(exc)}, status_code=404)
+
+
+def _audit_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    # A refused or failing statement is the caller's to fix (400); no auditor at all is 503.
+    if isinstance(exc, AuditUnavailable):
+        return Response({"detail": str(exc)}, status_code=503)
+    refused = isinstance(exc, AuditError) and exc.refused
+    return Response({"detail": str(exc), "refused": refused}, status_code=400)
 
 
 def create_app(nats_url: str, *, partitions: int = DEFAULT_PARTITIONS) -> Litestar:
@@ -35,8 +44,8 @@ def create_app(nats_url: str, *, partitions: int = DEFAULT_PARTITIONS) -> Litest
             await app.state.client.close()
 
     return Litestar(
-        route_handlers=[health, list_runs, get_run, start_run, index],
+        route_handlers=[health, list_runs, get_run, start_run, run_sql, run_summary, task_audit, index],
         lifespan=[lifespan],
-        exception_handlers={NotFound: _not_found},
+        exception_handlers={NotFound: _not_found, AuditError: _audit_error, AuditUnavailable: _audit_error},
         openapi_config=OpenAPIConfig(title="jetdag", version="1", path="/schema"),
     )

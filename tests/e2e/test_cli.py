@@ -234,6 +234,43 @@ def test_runs_filter_by_workflow_status_and_limit(
     assert up.json("runs", "--workflow", "failing", "--status", "succeeded") == []
 
 
+def test_sql_answers_in_table_csv_and_json_and_refuses_writes(up: Up, diamond_run: tuple[str, Any]) -> None:
+    run_id, _ = diamond_run
+    query = f"SELECT task, status FROM tasks WHERE run_id = '{run_id}' ORDER BY task"
+
+    def answered() -> subprocess.CompletedProcess[str] | None:
+        done = up.cli("sql", query, "--format", "csv")
+        return done if done.stdout.count("succeeded") == 4 else None
+
+    csv_done = eventually_sync(answered, timeout=10, interval=0.1)
+    assert csv_done is not None
+    assert csv_done.stdout.splitlines() == ["task,status", "a,succeeded", "b,succeeded", "c,succeeded", "d,succeeded"]
+    table = up.cli("sql", query)
+    assert table.stdout.splitlines()[0].split() == ["task", "status"]
+    assert table.stdout.splitlines()[-1] == "(4 rows)"
+    as_json = orjson.loads(up.cli("sql", query, "--format", "json").stdout)
+    assert as_json["rows"][0] == ["a", "succeeded"]
+    refused = up.cli("sql", "DROP TABLE runs")
+    assert refused.returncode == 2 and "read-only" in refused.stderr
+
+
+def test_status_summary_shows_the_critical_path(up: Up, diamond_run: tuple[str, Any]) -> None:
+    run_id, _ = diamond_run
+    summary = up.json("status", run_id, "--summary")
+    assert summary["status"] == "succeeded"
+    assert summary["critical_path"][0] == "a" and summary["critical_path"][-1] == "d"
+    text = up.cli("status", run_id, "--summary")
+    assert "critical path" in text.stdout and text.returncode == 0
+
+
+def test_audit_export_writes_parquet_and_prune_keeps_recent_runs(up: Up, diamond_run: tuple[str, Any]) -> None:
+    done = up.cli("audit", "export", "--to", "backup")
+    assert done.returncode == 0, done.stderr
+    assert list((up.root / "backup" / "events").glob("day=*/*.parquet"))
+    pruned = up.json("audit", "prune")
+    assert pruned["runs"] == 0, "nothing is 90 days old"
+
+
 def test_submit_of_an_unknown_workflow_exits_2_naming_it(up: Up) -> None:
     done = up.cli("submit", "nosuch")
     assert done.returncode == 2

@@ -1,0 +1,263 @@
+"""The auditor: every message of JD_EVENTS into the DuckDB audit log, and the one door to query it.
+
+It reads `jd.evt.>` through the durable consumer `jd_auditor` in batches bounded by size and time,
+stores each batch in one transaction and acks it (AckAll: one ack per batch) only after the commit.
+DuckDB lets one process open the file, so the auditor also answers queries over NATS
+(`jd.audit.<verb>`, request-reply): the CLI and every web process ask it.
+
+The file is disposable. Where the stream's position and the file disagree (the file was deleted,
+or is older than the consumer's position), the consumer is recreated at the file's last event + 1
+and the auditor says in the log that it is rebuilding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+
+from jetdag.engine import subjects as S
+from jetdag.engine.audit import query
+from jetdag.engine.audit.store import AuditStore, Message
+from jetdag.engine.audit.summary import summarize
+from jetdag.engine.errors import JetdagError, NotFound
+from jetdag.engine.stores.defs import DefStore
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class Auditor:
+    """One per DuckDB file. `run()` until cancelled."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        path: Path,
+        *,
+        batch: int = 2000,
+        linger: float = 0.2,
+        retention_days: float = 90.0,
+        prune_every: float = 3600.0,
+    ) -> None:
+        self.nc, self.js, self.batch, self.linger = nc, js, batch, linger
+        self.retention_days, self.prune_every = retention_days, prune_every
+        self.store = AuditStore(path)
+        self.defs: DefStore
+        self.ready = asyncio.Event()
+        self.ingested = 0
+        self._write = asyncio.Lock()
+        """Held by each batch, prune and export: one writer, one thing at a time."""
+        self._queries = 0
+        self._idle = asyncio.Event()
+        """Set while no query runs: export waits for it."""
+        self._idle.set()
+        self._open = asyncio.Event()
+        """Clear while export has the file closed; queries wait for it."""
+
+    async def run(self) -> None:
+        self.defs = await DefStore.open(self.js)
+        await asyncio.to_thread(self.store.open)
+        self._open.set()
+        try:
+            sub = await self._subscribe()
+            services = [
+                await self.nc.subscribe(S.audit_subject(verb), queue=S.AUDITOR_CONSUMER, cb=self._serve(handler))
+                for verb, handler in (
+                    ("sql", self._sql),
+                    ("prune", self._prune),
+                    ("export", self._export),
+                    ("info", self._info),
+                    ("summary", self._summary),
+                    ("task", self._task),
+                )
+            ]
+            self.ready.set()
+            pruner = asyncio.create_task(self._prune_periodically(), name="audit retention")
+            try:
+                await self._consume(sub)
+            finally:
+                pruner.cancel()
+                for s in services:
+                    with contextlib.suppress(Exception):
+                        await s.unsubscribe()
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        finally:
+            async with self._write:
+                await asyncio.to_thread(self.store.close)
+
+    # --- ingest -----------------------------------------------------------------------------------
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        last = await asyncio.to_thread(self.store.last_id)
+        config = js_api.ConsumerConfig(
+            durable_name=S.AUDITOR_CONSUMER,
+            filter_subject="jd.evt.>",
+            ack_policy=js_api.AckPolicy.ALL,
+            ack_wait=60.0,
+            max_ack_pending=-1,
+            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=last + 1,
+        )
+        # The file, not the consumer, knows what is stored: a batch delivered to an auditor that died
+        # before its commit must be read again, and AckAll would let a later ack skip it. So the
+        # consumer is only a cursor, recreated at the file's last event + 1 on every start.
+        try:
+            info = await self.js.consumer_info(S.EVENTS, S.AUDITOR_CONSUMER)
+            read_to = info.ack_floor.stream_seq if info.ack_floor else 0
+            await self.js.delete_consumer(S.EVENTS, S.AUDITOR_CONSUMER)
+        except NotFoundError:
+            read_to = 0
+        stream = await self.js.stream_info(S.EVENTS)
+        if stream.state.last_seq > last and (read_to > last or self.store.rebuilt):
+            log.warning(
+                "audit log %s holds events up to %d: rebuilding it from %s (events %d..%d)",
+                self.store.path, last, S.EVENTS, max(last + 1, stream.state.first_seq), stream.state.last_seq,
+            )  # fmt: skip
+        await self.js.add_consumer(S.EVENTS, config=config)
+        return await self.js.pull_subscribe_bind(S.AUDITOR_CONSUMER, stream=S.EVENTS)
+
+    async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(self.batch, timeout=self.linger)
+            except (TimeoutError, NatsTimeout):
+                continue
+            if not msgs:  # nats-py may end a fetch with only a status message
+                continue
+            batch = [_message(m) for m in msgs]
+            async with self._write:
+                new = await asyncio.to_thread(self.store.ingest, batch)
+            self.ingested += new
+            # AckAll: acking the last acks the batch; only after the commit, so a crash redelivers it.
+            await msgs[-1].ack()
+
+    # --- services ---------------------------------------------------------------------------------
+
+    def _serve(self, handler: Handler) -> Callable[[Msg], Awaitable[None]]:
+        async def on_request(msg: Msg) -> None:
+            try:
+                request = orjson.loads(msg.data) if msg.data else {}
+                if not isinstance(request, dict):
+                    raise query.QueryRefused("the request must be a JSON object")
+                reply: Any = {"ok": True, "result": await handler(request)}
+            except query.QueryRefused as exc:
+                reply = {"ok": False, "refused": True, "error": exc.reason}
+            except NotFound as exc:
+                reply = {"ok": False, "not_found": [exc.kind, exc.name], "error": str(exc)}
+            except (JetdagError, ValueError) as exc:
+                reply = {"ok": False, "refused": False, "error": str(exc)}
+            except Exception as exc:  # a bad request must not take the auditor down
+                log.exception("audit request on %s failed", msg.subject)
+                reply = {"ok": False, "refused": False, "error": f"{type(exc).__name__}: {exc}"}
+            if msg.reply:
+                await msg.respond(orjson.dumps(reply, default=str))
+
+        return on_request
+
+    async def _sql(self, request: dict[str, Any]) -> dict[str, Any]:
+        sql = request.get("sql")
+        if not isinstance(sql, str):
+            raise query.QueryRefused("'sql' must be a string holding one SELECT statement")
+        max_rows = min(int(request.get("max_rows", 10_000)), 100_000)
+        timeout = min(float(request.get("timeout", 10.0)), 60.0)
+        await self._open.wait()
+        self._queries += 1
+        self._idle.clear()
+        try:
+            cursor = self.store.con.cursor()
+            try:
+                result = await asyncio.to_thread(query.run_query, cursor, sql, max_rows=max_rows, timeout=timeout)
+            finally:
+                cursor.close()
+        finally:
+            self._queries -= 1
+            if not self._queries:
+                self._idle.set()
+        return result.to_dict()
+
+    async def _prune(self, request: dict[str, Any]) -> dict[str, int]:
+        days = float(request.get("days", self.retention_days))
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+        async with self._write:
+            return await asyncio.to_thread(self.store.prune, cutoff)
+
+    async def _export(self, request: dict[str, Any]) -> dict[str, Any]:
+        to = request.get("to")
+        if not isinstance(to, str) or not to:
+            raise ValueError("'to' must name a directory")
+        async with self._write:
+            self._open.clear()  # new queries wait; running ones finish first
+            try:
+                await self._idle.wait()
+                files = await asyncio.to_thread(self.store.export, Path(to))
+            finally:
+                self._open.set()
+        return {"directory": to, "files": files}
+
+    async def _info(self, request: dict[str, Any]) -> dict[str, Any]:
+        counts = await asyncio.to_thread(self.store.counts)
+        return {"path": str(self.store.path), "ingested": self.ingested, "rows": counts}
+
+    async def _summary(self, request: dict[str, Any]) -> dict[str, Any]:
+        run_id = _text(request, "run_id")
+        await self._open.wait()
+        found = await asyncio.to_thread(self.store.run_timings, run_id)
+        if found is None:
+            raise NotFound("run", run_id)
+        run, tasks, attempts = found
+        parents: dict[str, tuple[str, ...]] = {name: () for name in tasks}
+        if run["workflow"] and run["version"]:
+            with contextlib.suppress(NotFound):
+                spec, _ = await self.defs.get(run["workflow"], run["version"])
+                parents = {t.name: t.depends_on for t in spec.tasks}
+        result = summarize(
+            run_id, run["status"], run["started_at"], run["finished_at"], parents,
+            {name: tasks.get(name, "waiting") for name in parents}, attempts,
+        )  # fmt: skip
+        return result.to_dict()
+
+    async def _task(self, request: dict[str, Any]) -> dict[str, Any]:
+        run_id, task = _text(request, "run_id"), _text(request, "task")
+        after, limit = int(request.get("after", 0)), max(1, min(int(request.get("limit", 100)), 1000))
+        await self._open.wait()
+        return await asyncio.to_thread(self.store.task_audit, run_id, task, after, limit)
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            try:
+                removed = await self._prune({})
+                if any(removed.values()):
+                    log.info("audit retention (%g days) removed %s", self.retention_days, removed)
+            except Exception:
+                log.exception("audit retention failed; trying again later")
+            await asyncio.sleep(self.prune_every)
+
+
+def _text(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key!r} must be a non-empty string")
+    return value
+
+
+def _message(m: Msg) -> Message:
+    meta = m.metadata
+    stamp = meta.timestamp.timestamp() if meta.timestamp else time.time()
+    return Message(meta.sequence.stream, m.subject, m.data, stamp)

@@ -1,0 +1,1 @@
+"""The audit log in DuckDB: schema, ingest, sandboxed queries, summaries."""

@@ -1,0 +1,144 @@
+"""The auditor on a real nats-server and a real DuckDB file: runs land in SQL, summaries, rebuild, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jetdag.actors.system import System
+from jetdag.engine.client import Client
+from jetdag.engine.errors import AuditError, NotFound
+from jetdag.engine.handlers import TaskContext, handler
+from jetdag.engine.model import RetryPolicy, TaskSpec, WorkflowSpec
+
+from ..helpers import eventually
+
+
+@handler("t_audit_sleep")
+async def nap(ctx: TaskContext) -> dict[str, Any]:
+    await asyncio.sleep(ctx.payload)
+    ctx.audit(slept=ctx.payload)
+    return {"slept": ctx.payload}
+
+
+@handler("t_audit_flaky")
+def flaky(ctx: TaskContext) -> None:
+    if ctx.attempt == 1:
+        raise ValueError("first attempt always fails")
+
+
+DIAMOND = WorkflowSpec(
+    "t_audit_diamond",
+    (
+        TaskSpec("a", "t_audit_sleep", payload=0.05),
+        TaskSpec("b", "t_audit_sleep", payload=0.3, depends_on=("a",)),
+        TaskSpec("c", "t_audit_flaky", depends_on=("a",), retry=RetryPolicy(initial_delay=0.05, jitter=0)),
+        TaskSpec("d", "t_audit_sleep", payload=0.05, depends_on=("b", "c")),
+    ),
+)
+
+
+@pytest.fixture
+async def audited(nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[System, Client]]:
+    async with (
+        System(nats_url, audit=tmp_path / "audit.duckdb", drain_timeout=1.0) as system,
+        await Client.connect(nats_url) as client,
+    ):
+        yield system, client
+
+
+async def audited_run(client: Client) -> str:
+    await client.apply(DIAMOND)
+    run_id = await client.submit(DIAMOND.name)
+    assert (await client.wait(run_id, timeout=20))["status"] == "succeeded"
+
+    async def in_sql() -> bool:
+        result = await client.sql(f"SELECT status FROM runs WHERE run_id = '{run_id}'")
+        return result["rows"] == [["succeeded"]]
+
+    await eventually(in_sql, timeout=10)
+    return run_id
+
+
+async def test_a_finished_run_is_one_sql_query_away(audited: tuple[System, Client]) -> None:
+    _, client = audited
+    run_id = await audited_run(client)
+    result = await client.sql(
+        f"SELECT task, attempt, status, error_type FROM attempts WHERE run_id = '{run_id}' ORDER BY task, attempt"
+    )
+    assert result["columns"] == ["task", "attempt", "status", "error_type"]
+    assert result["rows"] == [
+        ["a", 1, "succeeded", None],
+        ["b", 1, "succeeded", None],
+        ["c", 1, "failed", "ValueError"],
+        ["c", 2, "succeeded", None],
+        ["d", 1, "succeeded", None],
+    ]
+    audit = await client.sql(
+        f"SELECT payload->>'$.data.slept' FROM events WHERE run_id = '{run_id}' AND kind = 'task.audit' ORDER BY 1"
+    )
+    assert audit["rows"] == [["0.05"], ["0.05"], ["0.3"]], "handlers' audit() calls land in events"
+
+
+async def test_the_summary_names_the_critical_path_and_the_retries(audited: tuple[System, Client]) -> None:
+    _, client = audited
+    run_id = await audited_run(client)
+    summary = await client.summary(run_id)
+    assert summary["critical_path"] == ["a", "b", "d"]
+    assert summary["critical_path_s"] >= 0.4
+    assert summary["total_retries"] == 1 and summary["failed_task"] is None
+    assert [s["tasks"] for s in summary["stages"]] == [["a"], ["b", "c"], ["d"]]
+    with pytest.raises(NotFound):
+        await client.summary("NOSUCHRUN")
+
+
+async def test_a_task_audit_pages_through_its_events(audited: tuple[System, Client]) -> None:
+    _, client = audited
+    run_id = await audited_run(client)
+    first = await client.task_audit(run_id, "c", limit=2)
+    assert [a["attempt"] for a in first["attempts"]] == [1, 2]
+    kinds = [e["kind"] for e in first["events"]]
+    page = first
+    while page["next"] is not None:
+        page = await client.task_audit(run_id, "c", after=page["next"], limit=2)
+        kinds += [e["kind"] for e in page["events"]]
+    assert kinds == ["task.started", "task.failed", "task.due", "task.started", "task.succeeded"]
+
+
+async def test_writes_and_file_access_are_refused_with_a_reason(audited: tuple[System, Client]) -> None:
+    _, client = audited
+    for statement, reason in (
+        ("DELETE FROM runs", "read-only"),
+        ("COPY runs TO '/tmp/jetdag-leak.csv'", "COPY"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "not allowed"),
+        ("SELECT 1; SELECT 2", "one statement"),
+    ):
+        with pytest.raises(AuditError, match=reason) as caught:
+            await client.sql(statement)
+        assert caught.value.refused, statement
+    assert not await asyncio.to_thread(Path("/tmp/jetdag-leak.csv").exists)
+
+
+async def test_a_deleted_file_is_rebuilt_from_the_stream(nats_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "audit.duckdb"
+    async with System(nats_url, audit=path, drain_timeout=1.0), await Client.connect(nats_url) as client:
+        run_id = await audited_run(client)
+        before = (await client.sql("SELECT count(*), max(id) FROM events"))["rows"]
+    path.unlink()
+    async with System(nats_url, audit=path, drain_timeout=1.0, queues=()), await Client.connect(nats_url) as client:
+
+        async def rebuilt() -> bool:
+            return (await client.sql("SELECT count(*), max(id) FROM events"))["rows"] == before
+
+        await eventually(rebuilt, timeout=10)
+        runs = await client.sql(f"SELECT status FROM runs WHERE run_id = '{run_id}'")
+        assert runs["rows"] == [["succeeded"]]
+
+
+async def test_without_an_auditor_sql_says_what_to_start(client: Client) -> None:
+    with pytest.raises(Exception, match="no auditor is running"):
+        await client.sql("SELECT 1")
