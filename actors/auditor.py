@@ -31,6 +31,7 @@ from nats.js.errors import NotFoundError
 
 from jetdag.engine import subjects as S
 from jetdag.engine.audit import query
+from jetdag.engine.audit.saved import SavedQuery, load_saved
 from jetdag.engine.audit.store import AuditStore, Message
 from jetdag.engine.audit.summary import summarize
 from jetdag.engine.errors import JetdagError, NotFound
@@ -54,15 +55,23 @@ class Auditor:
         linger: float = 0.2,
         retention_days: float = 90.0,
         prune_every: float = 3600.0,
+        queries: Path | None = None,
+        export_to: Path | None = None,
+        export_every: float = 86400.0,
     ) -> None:
         self.nc, self.js, self.batch, self.linger = nc, js, batch, linger
         self.retention_days, self.prune_every = retention_days, prune_every
+        self.queries_file, self.export_to, self.export_every = queries, export_to, export_every
+        self.saved: dict[str, SavedQuery] = {}
         self.store = AuditStore(path)
         self.defs: DefStore
         self.ready = asyncio.Event()
         self.ingested = 0
         self._write = asyncio.Lock()
         """Held by each batch, prune and export: one writer, one thing at a time."""
+        self._requests: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(4)
+        """Users' queries at once; DuckDB's threads and memory are capped for all of them together."""
         self._queries = 0
         self._idle = asyncio.Event()
         """Set while no query runs: export waits for it."""
@@ -71,6 +80,7 @@ class Auditor:
         """Clear while export has the file closed; queries wait for it."""
 
     async def run(self) -> None:
+        self.saved = load_saved(self.queries_file)
         self.defs = await DefStore.open(self.js)
         await asyncio.to_thread(self.store.open)
         self._open.set()
@@ -80,6 +90,7 @@ class Auditor:
                 await self.nc.subscribe(S.audit_subject(verb), queue=S.AUDITOR_CONSUMER, cb=self._serve(handler))
                 for verb, handler in (
                     ("sql", self._sql),
+                    ("saved", self._saved),
                     ("prune", self._prune),
                     ("export", self._export),
                     ("info", self._info),
@@ -88,11 +99,14 @@ class Auditor:
                 )
             ]
             self.ready.set()
-            pruner = asyncio.create_task(self._prune_periodically(), name="audit retention")
+            chores = [asyncio.create_task(self._prune_periodically(), name="audit retention")]
+            if self.export_to is not None:
+                chores.append(asyncio.create_task(self._export_periodically(self.export_to), name="audit export"))
             try:
                 await self._consume(sub)
             finally:
-                pruner.cancel()
+                for chore in chores:
+                    chore.cancel()
                 for s in services:
                     with contextlib.suppress(Exception):
                         await s.unsubscribe()
@@ -151,6 +165,13 @@ class Auditor:
     # --- services ---------------------------------------------------------------------------------
 
     def _serve(self, handler: Handler) -> Callable[[Msg], Awaitable[None]]:
+        async def on_message(msg: Msg) -> None:
+            # nats-py runs a subscription's callbacks one after another: one slow query must not
+            # hold up the next request, so each one gets a task of its own.
+            task = asyncio.create_task(on_request(msg))
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+
         async def on_request(msg: Msg) -> None:
             try:
                 request = orjson.loads(msg.data) if msg.data else {}
@@ -169,10 +190,15 @@ class Auditor:
             if msg.reply:
                 await msg.respond(orjson.dumps(reply, default=str))
 
-        return on_request
+        return on_message
 
     async def _sql(self, request: dict[str, Any]) -> dict[str, Any]:
-        sql = request.get("sql")
+        sql, name = request.get("sql"), request.get("saved")
+        if name is not None:
+            if name not in self.saved:
+                known = ", ".join(sorted(self.saved)) or "none"
+                raise query.QueryRefused(f"no saved query named {name!r} (saved: {known})")
+            sql = self.saved[name].sql
         if not isinstance(sql, str):
             raise query.QueryRefused("'sql' must be a string holding one SELECT statement")
         max_rows = min(int(request.get("max_rows", 10_000)), 100_000)
@@ -181,16 +207,20 @@ class Auditor:
         self._queries += 1
         self._idle.clear()
         try:
-            cursor = self.store.con.cursor()
-            try:
-                result = await asyncio.to_thread(query.run_query, cursor, sql, max_rows=max_rows, timeout=timeout)
-            finally:
-                cursor.close()
+            async with self._slots:
+                result = await self._run_sql(sql, max_rows, timeout)
         finally:
             self._queries -= 1
             if not self._queries:
                 self._idle.set()
         return result.to_dict()
+
+    async def _run_sql(self, sql: str, max_rows: int, timeout: float) -> query.QueryResult:
+        cursor = self.store.con.cursor()
+        try:
+            return await asyncio.to_thread(query.run_query, cursor, sql, max_rows=max_rows, timeout=timeout)
+        finally:
+            cursor.close()
 
     async def _prune(self, request: dict[str, Any]) -> dict[str, int]:
         days = float(request.get("days", self.retention_days))
@@ -238,6 +268,19 @@ class Auditor:
         after, limit = int(request.get("after", 0)), max(1, min(int(request.get("limit", 100)), 1000))
         await self._open.wait()
         return await asyncio.to_thread(self.store.task_audit, run_id, task, after, limit)
+
+    async def _saved(self, request: dict[str, Any]) -> list[dict[str, str]]:
+        return [{"name": q.name, "description": q.description, "sql": q.sql} for q in self.saved.values()]
+
+    async def _export_periodically(self, to: Path) -> None:
+        """flowlord's backup_path: a Parquet copy of the whole log, refreshed every `export_every` seconds."""
+        while True:
+            await asyncio.sleep(self.export_every)
+            try:
+                await self._export({"to": str(to)})
+                log.info("audit log exported to %s", to)
+            except Exception:
+                log.exception("periodic audit export to %s failed; trying again later", to)
 
     async def _prune_periodically(self) -> None:
         while True:

@@ -44,6 +44,7 @@ class System:
         drain_timeout: float = 30.0,
         audit: Path | None = None,
         retention_days: float = 90.0,
+        audit_export_to: Path | None = None,
     ) -> None:
         self.url, self.with_engine, self.queues = url, engine, list(queues)
         self.concurrency, self.partitions, self.topology = concurrency, partitions, topology or Topology()
@@ -52,7 +53,7 @@ class System:
         self.nc: NATS | None = None
         self.engine: Engine | None = None
         self.worker: Worker | None = None
-        self.audit_path, self.retention_days = audit, retention_days
+        self.audit_path, self.retention_days, self.audit_export_to = audit, retention_days, audit_export_to
         self.auditor: Auditor | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -68,7 +69,10 @@ class System:
             self.engine = Engine(ctx, lease_ttl=self.topology.lease_ttl)
             self._spawn(self.engine.run(), "engine")
         if self.audit_path is not None:
-            self.auditor = Auditor(self.nc, js, self.audit_path, retention_days=self.retention_days)
+            self.auditor = Auditor(
+                self.nc, js, self.audit_path, retention_days=self.retention_days,
+                queries=self.audit_path.parent / "queries.toml", export_to=self.audit_export_to,
+            )  # fmt: skip
             self._spawn(self.auditor.run(), "auditor")
         if self.queues:
             self.worker = Worker(

@@ -156,20 +156,39 @@ def auditor(nats: str | None, data: Path, db: Path | None, retention_days: float
 
 
 @main.command()
-@click.argument("query")
+@click.argument("query", required=False)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--max-rows", default=10_000, show_default=True, help="Stop after this many rows.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds before the query is stopped.")
+@click.option("--list", "list_saved", is_flag=True, help="List the saved queries (run one with `jetdag sql @NAME`).")
 @nats_opt
 @data_opt
-def sql(query: str, fmt: str, max_rows: int, timeout: float, nats: str | None, data: Path) -> None:
-    """Read-only SQL over the audit log (tables: events, runs, tasks, attempts, workers, files, alerts)."""
+def sql(
+    query: str | None, fmt: str, max_rows: int, timeout: float, list_saved: bool, nats: str | None, data: Path
+) -> None:
+    """Read-only SQL over the audit log (tables: events, runs, tasks, attempts, workers, files, alerts).
+
+    QUERY is one SELECT, or @NAME for a saved query."""
+    if not list_saved and not query:
+        raise click.UsageError("give a QUERY (one SELECT, or @NAME of a saved query), or --list")
 
     async def go() -> int:
         from jetdag.engine.client import Client
 
         async with await Client.connect(find_nats(nats, data)) as client:
-            result = await client.sql(query, max_rows=max_rows, timeout=timeout)
+            if list_saved:
+                saved = await client.audit("saved")
+                if fmt == "json":
+                    print_json(saved)
+                else:
+                    for q in saved:
+                        click.echo(f"@{q['name']:16} {q['description']}")
+                return 0
+            assert query is not None
+            if query.startswith("@"):
+                result = await client.audit("sql", {"saved": query[1:], "max_rows": max_rows, "timeout": timeout})
+            else:
+                result = await client.sql(query, max_rows=max_rows, timeout=timeout)
         print_result(result, fmt)
         return 0
 

@@ -60,13 +60,14 @@ async def serve_roles(
     engine_id: str | None = None,
     audit: Path | None = None,
     retention_days: float = 90.0,
+    audit_export_to: Path | None = None,
 ) -> int:
     """Run the engine, a worker and/or the auditor until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
     async with System(
         url, engine=engine, queues=queues, concurrency=concurrency, engine_id=engine_id, audit=audit,
-        retention_days=retention_days,
+        retention_days=retention_days, audit_export_to=audit_export_to,
     ) as system:  # fmt: skip
         role = "engine" if engine else f"worker for {', '.join(queues)}" if queues else f"auditor of {audit}"
         click.echo(f"jetdag {role} connected to {url}; stop with Ctrl-C", err=True)

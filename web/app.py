@@ -13,7 +13,7 @@ from jetdag.engine.client import Client
 from jetdag.engine.errors import AuditError, AuditUnavailable, NotFound
 from jetdag.engine.subjects import DEFAULT_PARTITIONS
 
-from .api.audit import run_sql, run_summary, task_audit
+from .api.audit import run_sql, run_summary, saved_queries, task_audit
 from .api.health import health
 from .api.runs import get_run, list_runs, start_run
 from .pages import index
@@ -44,7 +44,17 @@ def create_app(nats_url: str, *, partitions: int = DEFAULT_PARTITIONS) -> Litest
             await app.state.client.close()
 
     return Litestar(
-        route_handlers=[health, list_runs, get_run, start_run, run_sql, run_summary, task_audit, index],
+        route_handlers=[
+            health,
+            list_runs,
+            get_run,
+            start_run,
+            run_sql,
+            saved_queries,
+            run_summary,
+            task_audit,
+            index,
+        ],
         lifespan=[lifespan],
         exception_handlers={NotFound: _not_found, AuditError: _audit_error, AuditUnavailable: _audit_error},
         openapi_config=OpenAPIConfig(title="jetdag", version="1", path="/schema"),

@@ -252,6 +252,10 @@ def test_sql_answers_in_table_csv_and_json_and_refuses_writes(up: Up, diamond_ru
     assert as_json["rows"][0] == ["a", "succeeded"]
     refused = up.cli("sql", "DROP TABLE runs")
     assert refused.returncode == 2 and "read-only" in refused.stderr
+    listed = up.cli("sql", "--list")
+    assert any(line.startswith("@failures") for line in listed.stdout.splitlines())
+    saved = up.cli("sql", "@runs_by_day", "--format", "json")
+    assert orjson.loads(saved.stdout)["columns"][:3] == ["day", "workflow", "status"]
 
 
 def test_status_summary_shows_the_critical_path(up: Up, diamond_run: tuple[str, Any]) -> None:
