@@ -51,7 +51,7 @@ class Auditor:
         js: JetStreamContext,
         path: Path,
         *,
-        batch: int = 2000,
+        batch: int = 10_000,
         linger: float = 0.2,
         retention_days: float = 90.0,
         prune_every: float = 3600.0,

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,24 +22,16 @@ from typing import Any
 
 import msgpack
 import orjson
+from machine import machine
 
 from jetdag.engine import subjects as S
 from jetdag.engine.client import RUN_ID_HEADER
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.messages import MSG_ID
-from jetdag.engine.nats.server import NatsServer, binary
+from jetdag.engine.nats.server import NatsServer
 from jetdag.engine.nats.setup import Topology, close, connect, ensure
 
 RESULTS = Path(__file__).parent / "results" / "throughput.jsonl"
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if "MemTotal" in line)
-    server = subprocess.run([binary(), "--version"], capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem / 2**20, 1),
-            "python": platform.python_version(), "nats_server": server}  # fmt: skip
 
 
 def spawn(*args: str) -> subprocess.Popen[bytes]:

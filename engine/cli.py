@@ -239,6 +239,24 @@ def export(to: Path, nats: str | None, data: Path, as_json: bool) -> None:
     run_async(go())
 
 
+@audit.command()
+@opt("--from", "source", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True),
+     help="A directory written by `jetdag audit export`.")  # fmt: skip
+@opt("--db", type=click.Path(path_type=Path, dir_okay=False), help="The DuckDB file; default DATA/audit.duckdb.")
+@data_opt
+@json_opt
+def restore(source: Path, db: Path | None, data: Path, as_json: bool) -> None:
+    """Load an export into the audit log file; run it while no auditor has the file open."""
+    from jetdag.engine.audit.store import AuditStore
+
+    try:
+        loaded = AuditStore(db or data / "audit.duckdb").restore(source)
+    except JetdagError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    print_json(loaded) if as_json else click.echo(", ".join(f"{n} {t}" for t, n in loaded.items()) + " restored")
+
+
 # --- definitions ----------------------------------------------------------------------------------
 
 

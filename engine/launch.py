@@ -167,6 +167,7 @@ async def run_up(
             dashboard = f"http://{host}:{port}/"
             home.write_endpoint(nats=nats, http=dashboard)
             click.echo(f"jetdag is up\n  dashboard  {dashboard}\n  nats       {nats}   (data in {data})")
+            click.echo(f'  audit log  {data / "audit.duckdb"}   (jetdag sql "SELECT … FROM runs")')
             click.echo(f"  workflows  {', '.join(names) or '(none)'}\nStop with Ctrl-C.", nl=True)
             try:
                 await _until(stop, server_died.wait(), web_task, system.wait())

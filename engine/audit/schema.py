@@ -13,6 +13,9 @@ VERSION: Final = 1
 
 TABLES: Final = ("events", "runs", "tasks", "attempts", "workers", "files", "alerts")
 
+GENERATED: Final = {"runs": ("duration_ms",), "tasks": ("elapsed_ms",), "attempts": ("wait_ms", "run_ms")}
+"""Computed columns: exported for readers, never written back."""
+
 DDL: Final = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 
@@ -20,6 +23,7 @@ CREATE TABLE IF NOT EXISTS events (
     id        UBIGINT PRIMARY KEY,   -- JD_EVENTS stream sequence
     ts        TIMESTAMPTZ NOT NULL,  -- when it happened (the sender's clock)
     run_id    VARCHAR NOT NULL,
+    workflow  VARCHAR,
     task      VARCHAR,
     attempt   INTEGER,
     kind      VARCHAR NOT NULL,      -- run.submitted, task.started, task.succeeded, task.failed, task.due,

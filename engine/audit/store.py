@@ -73,6 +73,7 @@ def to_rows(messages: Iterable[Message]) -> Rows:
                 "id": m.seq,
                 "ts": ts if isinstance(ts, int | float) else m.time,
                 "run_id": run,
+                "workflow": body.get("workflow") if isinstance(body.get("workflow"), str) else None,
                 "task": task if isinstance(task, str) else None,
                 "attempt": attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
                 "kind": kind,
@@ -89,7 +90,7 @@ def _pick(t: Any) -> dict[str, Any]:
 
 
 _EVENT_COLUMNS = (
-    '{"id":"UBIGINT","ts":"DOUBLE","run_id":"VARCHAR","task":"VARCHAR","attempt":"INTEGER",'
+    '{"id":"UBIGINT","ts":"DOUBLE","run_id":"VARCHAR","workflow":"VARCHAR","task":"VARCHAR","attempt":"INTEGER",'
     '"kind":"VARCHAR","worker_id":"VARCHAR","payload":"VARCHAR"}'
 )
 _TRANSITION_COLUMNS = (
@@ -217,6 +218,13 @@ _EXPORT_DAY = {
 """The column that files each table's rows by day in an export (None: one file)."""
 
 
+_NAME_EVENTS = """
+UPDATE b_events SET workflow = runs.workflow FROM runs
+WHERE b_events.workflow IS NULL AND runs.run_id = b_events.run_id
+"""
+"""Only submissions carry the workflow's name; every other event of the run gets it from its run."""
+
+
 class AuditStore:
     """The DuckDB file, opened by its one writer; users' SQL runs on cursors of the same instance."""
 
@@ -287,13 +295,17 @@ class AuditStore:
             con.execute("DELETE FROM b_steps")
             con.execute(
                 f"""INSERT INTO b_events
-                SELECT r.id, to_timestamp(r.ts), r.run_id, r.task, r.attempt, r.kind, r.worker_id, r.payload::JSON
+                SELECT r.id, to_timestamp(r.ts), r.run_id, r.workflow, r.task, r.attempt, r.kind, r.worker_id,
+                       r.payload::JSON
                 FROM (SELECT unnest(from_json(?::JSON, '[{_EVENT_COLUMNS}]')) AS r)
-                WHERE r.id NOT IN (SELECT id FROM events)""",
-                [orjson.dumps(rows.events).decode()],
+                WHERE r.id NOT IN (SELECT id FROM events WHERE id >= ?)""",
+                # Ids are stream sequences, stored in order: the bound lets DuckDB skip all older row groups.
+                [orjson.dumps(rows.events).decode(), min(e["id"] for e in rows.events)],
             )
             new = int(con.execute("SELECT count(*) FROM b_events").fetchone()[0])  # type: ignore[index]
             if new:
+                con.execute(_APPLY[0])  # runs first: the events of this batch take their workflow from them
+                con.execute(_NAME_EVENTS)
                 con.execute("INSERT INTO events SELECT * FROM b_events")
                 if rows.transitions:
                     con.execute(
@@ -302,7 +314,7 @@ class AuditStore:
                         WHERE r.id IN (SELECT id FROM b_events)""",
                         [orjson.dumps(rows.transitions).decode()],
                     )
-                for statement in _APPLY:
+                for statement in _APPLY[1:]:
                     con.execute(statement)
             con.execute("COMMIT")
         except BaseException:
@@ -403,6 +415,38 @@ class AuditStore:
         more = len(events) > limit
         events = events[:limit]
         return {"attempts": attempts, "events": events, "next": events[-1]["id"] if more else None}
+
+    def restore(self, source: Path) -> dict[str, int]:
+        """Load an export (`export`'s directory) into this file, which must not be open elsewhere.
+
+        Rows already present are kept; the auditor then goes on after the last restored event."""
+        if self._con is not None:
+            raise RuntimeError("restore works on a closed store")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con = duckdb.connect(str(self.path))
+        except duckdb.IOException as exc:
+            raise ConfigError(f"cannot open {self.path} to restore into it (is an auditor running?): {exc}") from None
+        loaded: dict[str, int] = {}
+        try:
+            con.execute(schema.DDL)
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", [str(schema.VERSION)])
+            for table, day in _EXPORT_DAY.items():
+                pattern = f"{table}/*/*.parquet" if day else f"{table}.parquet"
+                if not list(source.glob(pattern)):
+                    loaded[table] = 0
+                    continue
+                skip = ", ".join(("day",) * bool(day) + schema.GENERATED.get(table, ()))
+                files = (source / pattern).as_posix().replace("'", "''")
+                row = con.execute(
+                    f"""INSERT OR IGNORE INTO {table} BY NAME
+                        SELECT * {f"EXCLUDE ({skip})" if skip else ""}
+                        FROM read_parquet('{files}', hive_partitioning = {str(bool(day)).lower()})"""
+                ).fetchone()
+                loaded[table] = int(row[0]) if row else 0
+        finally:
+            con.close()
+        return loaded
 
     def counts(self) -> dict[str, int]:
         """Rows per table, for logs and tests."""

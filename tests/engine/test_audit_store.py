@@ -66,6 +66,7 @@ def test_tables_follow_the_events(store: AuditStore) -> None:
     ]
     assert rows(store, "SELECT worker_id, results FROM workers ORDER BY 1") == [("w1", 1), ("w2", 1)]
     assert rows(store, "SELECT epoch(logical_time), params->>'$.day' FROM runs") == [(T0 - 3600, "d")]
+    assert rows(store, "SELECT DISTINCT workflow FROM events") == [("etl",)], "every event names its workflow"
 
 
 def test_a_batch_applied_twice_changes_nothing(store: AuditStore) -> None:
@@ -120,3 +121,18 @@ def test_the_sandbox_holds_on_the_writer_instance(store: AuditStore, tmp_path: P
     with pytest.raises(duckdb.Error):
         store.con.cursor().execute(f"COPY events TO '{tmp_path}/leak.csv'")
     assert not (tmp_path / "leak.csv").exists()
+
+
+def test_an_export_restores_into_a_fresh_file_row_for_row(store: AuditStore, tmp_path: Path) -> None:
+    store.ingest(history("R1", 1))
+    store.ingest(history("R2", 20))
+    store.export(tmp_path / "backup")
+    restored = AuditStore(tmp_path / "restored" / "audit.duckdb")
+    loaded = restored.restore(tmp_path / "backup")
+    assert loaded == {**store.counts(), "files": 0, "alerts": 0}
+    restored.open()
+    for table in ("events", "runs", "tasks", "attempts", "workers"):
+        sql = f"SELECT * FROM {table} ORDER BY ALL"
+        assert rows(restored, sql) == rows(store, sql), table
+    assert restored.ingest(history("R2", 20)) == 0, "the restored events count as stored"
+    restored.close()
