@@ -17,7 +17,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,17 +203,22 @@ class Auditor:
             raise query.QueryRefused("'sql' must be a string holding one SELECT statement")
         max_rows = min(int(request.get("max_rows", 10_000)), 100_000)
         timeout = min(float(request.get("timeout", 10.0)), 60.0)
+        async with self._reading(), self._slots:
+            result = await self._run_sql(sql, max_rows, timeout)
+        return result.to_dict()
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        """A read of the file: waits while an export has it closed, and holds the export off meanwhile."""
         await self._open.wait()
         self._queries += 1
         self._idle.clear()
         try:
-            async with self._slots:
-                result = await self._run_sql(sql, max_rows, timeout)
+            yield
         finally:
             self._queries -= 1
             if not self._queries:
                 self._idle.set()
-        return result.to_dict()
 
     async def _run_sql(self, sql: str, max_rows: int, timeout: float) -> query.QueryResult:
         cursor = self.store.con.cursor()
@@ -242,13 +247,14 @@ class Auditor:
         return {"directory": to, "files": files}
 
     async def _info(self, request: dict[str, Any]) -> dict[str, Any]:
-        counts = await asyncio.to_thread(self.store.counts)
+        async with self._reading():
+            counts = await asyncio.to_thread(self.store.counts)
         return {"path": str(self.store.path), "ingested": self.ingested, "rows": counts}
 
     async def _summary(self, request: dict[str, Any]) -> dict[str, Any]:
         run_id = _text(request, "run_id")
-        await self._open.wait()
-        found = await asyncio.to_thread(self.store.run_timings, run_id)
+        async with self._reading():
+            found = await asyncio.to_thread(self.store.run_timings, run_id)
         if found is None:
             raise NotFound("run", run_id)
         run, tasks, attempts = found
@@ -266,8 +272,8 @@ class Auditor:
     async def _task(self, request: dict[str, Any]) -> dict[str, Any]:
         run_id, task = _text(request, "run_id"), _text(request, "task")
         after, limit = int(request.get("after", 0)), max(1, min(int(request.get("limit", 100)), 1000))
-        await self._open.wait()
-        return await asyncio.to_thread(self.store.task_audit, run_id, task, after, limit)
+        async with self._reading():
+            return await asyncio.to_thread(self.store.task_audit, run_id, task, after, limit)
 
     async def _saved(self, request: dict[str, Any]) -> list[dict[str, str]]:
         return [{"name": q.name, "description": q.description, "sql": q.sql} for q in self.saved.values()]

@@ -218,19 +218,14 @@ _EXPORT_DAY = {
 """The column that files each table's rows by day in an export (None: one file)."""
 
 
-_NAME_EVENTS = """
-UPDATE b_events SET workflow = runs.workflow FROM runs
-WHERE b_events.workflow IS NULL AND runs.run_id = b_events.run_id
-"""
-"""Only submissions carry the workflow's name; every other event of the run gets it from its run."""
-
-
 class AuditStore:
     """The DuckDB file, opened by its one writer; users' SQL runs on cursors of the same instance."""
 
     def __init__(self, path: Path, *, memory_limit: str = "1GB", threads: int = 2) -> None:
         self.path, self.memory_limit, self.threads = path, memory_limit, threads
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._workflows: dict[str, str] = {}
+        """run id -> workflow name, for events that do not carry it."""
         self.rebuilt = False
         """True when this open found no usable file and started an empty one (to be filled from JD_EVENTS)."""
 
@@ -278,6 +273,33 @@ class AuditStore:
             self._con.close()
             self._con = None
 
+    def _name_workflows(self, events: list[dict[str, Any]]) -> None:
+        """Only a submission names its workflow; the run's other events get the name from it.
+
+        Kept in memory (a join per batch would grow with the log); runs submitted before this
+        process started are looked up once, by key."""
+        known = self._workflows
+        for e in events:
+            if e["kind"] == "run.submitted" and e["workflow"]:
+                known[e["run_id"]] = e["workflow"]
+        missing = list({e["run_id"] for e in events if e["workflow"] is None and e["run_id"] not in known})
+        for i in range(0, len(missing), 500):
+            chunk = missing[i : i + 500]
+            cur = self.con.cursor()
+            try:
+                marks = ", ".join("?" * len(chunk))
+                known.update(
+                    cur.execute(f"SELECT run_id, workflow FROM runs WHERE run_id IN ({marks})", chunk).fetchall()
+                )
+            finally:
+                cur.close()
+        for e in events:
+            if e["workflow"] is None:
+                e["workflow"] = known.get(e["run_id"])
+        if len(known) > 200_000:  # live runs are the recent ones: forget the oldest half
+            for run_id in list(known)[:100_000]:
+                del known[run_id]
+
     def last_id(self) -> int:
         """The highest event id stored: where the auditor's stream position stands in this file."""
         row = self.con.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
@@ -288,6 +310,7 @@ class AuditStore:
         rows = to_rows(messages)
         if not rows.events:
             return 0
+        self._name_workflows(rows.events)
         con = self.con
         con.execute("BEGIN")
         try:
@@ -304,8 +327,6 @@ class AuditStore:
             )
             new = int(con.execute("SELECT count(*) FROM b_events").fetchone()[0])  # type: ignore[index]
             if new:
-                con.execute(_APPLY[0])  # runs first: the events of this batch take their workflow from them
-                con.execute(_NAME_EVENTS)
                 con.execute("INSERT INTO events SELECT * FROM b_events")
                 if rows.transitions:
                     con.execute(
@@ -314,7 +335,7 @@ class AuditStore:
                         WHERE r.id IN (SELECT id FROM b_events)""",
                         [orjson.dumps(rows.transitions).decode()],
                     )
-                for statement in _APPLY[1:]:
+                for statement in _APPLY:
                     con.execute(statement)
             con.execute("COMMIT")
         except BaseException:
@@ -449,9 +470,9 @@ class AuditStore:
         return loaded
 
     def counts(self) -> dict[str, int]:
-        """Rows per table, for logs and tests."""
-        out: dict[str, int] = {}
-        for table in schema.TABLES:
-            row = self.con.execute(f"SELECT count(*) FROM {table}").fetchone()
-            out[table] = int(row[0]) if row else 0
-        return out
+        """Rows per table, for logs and tests (on a cursor of its own: ingest may be writing)."""
+        cur = self.con.cursor()
+        try:
+            return {t: int(cur.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in schema.TABLES}  # type: ignore[index]
+        finally:
+            cur.close()

@@ -136,3 +136,14 @@ def test_an_export_restores_into_a_fresh_file_row_for_row(store: AuditStore, tmp
         assert rows(restored, sql) == rows(store, sql), table
     assert restored.ingest(history("R2", 20)) == 0, "the restored events count as stored"
     restored.close()
+
+
+def test_events_after_a_restart_still_name_their_workflow(tmp_path: Path) -> None:
+    batch = history()
+    first = AuditStore(tmp_path / "audit.duckdb").open()
+    first.ingest(batch[:2])
+    first.close()
+    again = AuditStore(tmp_path / "audit.duckdb").open()
+    again.ingest(batch[2:])
+    assert rows(again, "SELECT count(*) FROM events WHERE workflow = 'etl'") == [(9,)]
+    again.close()
