@@ -1,7 +1,12 @@
-"""Engine: holds partition leases and runs a PartitionOwner for each partition it holds, plus the inbox.
+"""Engine: holds partition leases and runs a PartitionOwner for each partition it holds, plus the inbox and the reaper.
 
 A lease is a key in `jd_leases` (bucket TTL = lease TTL), renewed by compare-and-set. An engine
 that cannot renew a lease in time stops its partition before another engine can take it over.
+
+Engines share the partitions evenly (`engine.balance.share` over the roster of live engines). An
+engine takes free partitions up to its share, and one holding more than its share (another engine
+joined) hands over one partition per round, so a join moves partitions one at a time instead of
+stopping half the runs at once.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import logging
 import time
 
 from jetdag.engine import subjects as S
+from jetdag.engine.balance import share
 from jetdag.engine.errors import StaleOwner
 from jetdag.engine.stores.leases import LeaseStore
 
 from .context import EngineContext
 from .inbox import Inbox
 from .partition import PartitionOwner
+from .reaper import Reaper
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -29,12 +36,15 @@ class Engine:
         self.supervisor = Supervisor("engine")
         self.held: dict[int, int] = {}  # partition -> lease revision (the fencing token)
         self._renewed: dict[int, float] = {}
+        self.reaper = Reaper(ctx.nc, ctx.js, ctx.engine_id)
         self.ready = asyncio.Event()
-        """Set once this engine has looked at every partition (and holds the free ones)."""
+        """Set once this engine has looked at every partition (and taken its share of the free ones)."""
 
     async def run(self) -> None:
         leases = await LeaseStore.open(self.ctx.js)
         self.supervisor.start("inbox", Inbox(self.ctx).run, permanent=True)
+        # Every engine reaps dead workers; reaping twice is harmless (see reaper.py).
+        self.supervisor.start("reaper", self.reaper.run, permanent=True)
         try:
             while True:
                 await self._tend(leases)
@@ -46,26 +56,45 @@ class Engine:
                 with contextlib.suppress(Exception):
                     await leases.release(S.lease_key(p), revision)
             self.held.clear()
+            with contextlib.suppress(Exception):
+                await leases.withdraw(self.ctx.engine_id)
 
     async def _tend(self, leases: LeaseStore) -> None:
+        me = self.ctx.engine_id
+        target = len(self.held)  # when the roster cannot be read: keep what is held, take nothing new
+        try:
+            await leases.announce(me)
+            target = share(self.ctx.partitions, await leases.engines(), me)
+        except Exception as exc:
+            log.warning("engine roster in %s: %s", S.LEASES_KV, exc)
         for p in range(self.ctx.partitions):
             key = S.lease_key(p)
             try:
                 if p in self.held:
-                    self.held[p] = await leases.renew(key, self.ctx.engine_id, self.held[p])
+                    self.held[p] = await leases.renew(key, me, self.held[p])
                     self._renewed[p] = time.monotonic()
-                elif (revision := await leases.acquire(key, self.ctx.engine_id)) is not None:
+                elif len(self.held) < target and (revision := await leases.acquire(key, me)) is not None:
                     self.held[p], self._renewed[p] = revision, time.monotonic()
                     self.supervisor.start(f"partition-{p}", PartitionOwner(self.ctx, p).run, permanent=True)
-                    log.info("engine %s owns partition %d", self.ctx.engine_id, p)
+                    log.info("engine %s owns partition %d", me, p)
             except StaleOwner:
-                log.warning("engine %s lost partition %d to another engine", self.ctx.engine_id, p)
+                log.warning("engine %s lost partition %d to another engine", me, p)
                 await self._lose(p)
             except Exception as exc:
                 log.warning("lease %s: %s", key, exc)
                 # Unable to prove ownership: stop writing before the lease can lapse and pass on.
                 if p in self.held and time.monotonic() - self._renewed[p] > self.lease_ttl * 0.7:
                     await self._lose(p)
+        if len(self.held) > target:
+            await self._hand_over(leases, max(self.held))
+
+    async def _hand_over(self, leases: LeaseStore, partition: int) -> None:
+        """Stop the partition, then free its lease for an engine below its share to take."""
+        revision = self.held[partition]
+        await self._lose(partition)
+        with contextlib.suppress(Exception):  # if this fails, the lease lapses after its TTL instead
+            await leases.release(S.lease_key(partition), revision)
+        log.info("engine %s handed partition %d over (above its share)", self.ctx.engine_id, partition)
 
     async def _lose(self, partition: int) -> None:
         self.held.pop(partition, None)

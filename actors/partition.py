@@ -22,7 +22,11 @@ from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-ACK_WAIT = 30.0
+ACK_WAIT = 6.0
+"""Events an engine held when it died come back after this long: keep it at the lease TTL, so a takeover
+waits for nothing else, and well below the time a run gives an event ahead of its cause
+(run.MAX_EARLY_DELIVERIES x EARLY_RETRY = 25 s) before dropping it: after a kill -9 the cause is among
+those held events, and a 30 s wait here had results dropped and their runs stuck for good."""
 MAX_ACK_PENDING = 50_000  # deferred events (retry timers) wait here as unacked messages
 
 
@@ -93,6 +97,8 @@ class PartitionOwner:
                 # A passivated actor leaves the registry in the same step in which it stopped.
                 if actor.stopped and self.actors.get(actor.run_id) is actor:
                     del self.actors[actor.run_id]
+                    # And from the supervisor's restart stats, else every run ever seen stays there for good.
+                    self.supervisor.stats.pop(actor.run_id, None)
 
         return body
 

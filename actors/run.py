@@ -17,6 +17,7 @@ from jetdag.engine.events import (
     DeadLetter,
     DispatchTask,
     Event,
+    InterruptTask,
     RunDeadline,
     RunSubmitted,
     ScheduleDeadline,
@@ -24,8 +25,18 @@ from jetdag.engine.events import (
     TaskDue,
     Transition,
 )
-from jetdag.engine.messages import MSG_ID, TaskMessage, encode_event, encode_step, encode_task, msg_id, pack
+from jetdag.engine.messages import (
+    MSG_ID,
+    TaskMessage,
+    encode_event,
+    encode_interrupt,
+    encode_step,
+    encode_task,
+    msg_id,
+    pack,
+)
 from jetdag.engine.model import WorkflowSpec
+from jetdag.engine.nats.setup import acked
 from jetdag.engine.run import decide
 from jetdag.engine.state import RunState, RunStatus, new_run
 
@@ -82,7 +93,8 @@ class RunActor:
         self._state = None
         if snapshot is not None:
             spec = None
-            if "spec" not in snapshot and snapshot["status"] not in ("succeeded", "failed", "cancelled"):
+            # A failed run still needs it: ignoring its failed task lets it go on (run control).
+            if "spec" not in snapshot and snapshot["status"] not in ("succeeded", "cancelled"):
                 spec = await self._spec(snapshot["workflow"], snapshot["def_rev"])
             self._state = RunState.from_dict(snapshot, spec)
             if self._state.spec is None and not self._state.done:
@@ -143,6 +155,7 @@ class RunActor:
             await self._publish(state, commands, transitions)
             self._revision = await self.ctx.runs.save(self.run_id, state.to_dict(), self._revision)
             self.ctx.counters.steps += 1
+            await self._interrupt([c for c in commands if isinstance(c, InterruptTask)])
         for msg, delay in settle:
             await _settle(msg.ack() if delay is None else msg.term() if delay < 0 else msg.nak(delay))
         self._on_done(len(batch))
@@ -154,6 +167,8 @@ class RunActor:
         futures = []
         for cmd in commands:
             match cmd:
+                case InterruptTask():
+                    continue  # after the save (_interrupt): a handler is stopped only once its run is surely over
                 case DispatchTask():
                     task = TaskMessage(
                         run_id=run,
@@ -201,7 +216,15 @@ class RunActor:
         headers = {MSG_ID: f"{run}:step:{state.seq}:{digest:08x}"}
         step = encode_step(run, state.seq, state.status.value, transitions)
         futures.append(await js.publish_async(S.step_subject(p, run), step, headers=headers))
-        await asyncio.gather(*futures)
+        await acked(futures)  # bounded: a publish lost with a dying server crashes the step, which is redone
+
+    async def _interrupt(self, interrupts: list[InterruptTask]) -> None:
+        """Ask the workers to stop these attempts: core NATS, best effort (a late result changes nothing)."""
+        for cmd in interrupts:
+            try:
+                await self.ctx.nc.publish(S.INTERRUPT, encode_interrupt(self.run_id, cmd.task, cmd.attempt))
+            except Exception as exc:
+                log.debug("run %s: interrupt of %s#%d not sent: %s", self.run_id, cmd.task, cmd.attempt, exc)
 
 
 def _deliveries(msg: Msg) -> int:

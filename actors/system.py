@@ -18,6 +18,7 @@ from jetdag.engine.nats.setup import Topology, close, connect, ensure
 from jetdag.engine.stores.defs import DefStore
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.subjects import DEFAULT_PARTITIONS
+from jetdag.engine.workers import HEARTBEAT
 
 from .auditor import Auditor
 from .context import EngineContext
@@ -45,11 +46,13 @@ class System:
         audit: Path | None = None,
         retention_days: float = 90.0,
         audit_export_to: Path | None = None,
+        heartbeat: float = HEARTBEAT,
     ) -> None:
         self.url, self.with_engine, self.queues = url, engine, list(queues)
         self.concurrency, self.partitions, self.topology = concurrency, partitions, topology or Topology()
         self.engine_id = engine_id or f"{socket.gethostname()}-{os.getpid()}"
         self.idle_timeout, self.drain_timeout = idle_timeout, drain_timeout
+        self.heartbeat = heartbeat
         self.nc: NATS | None = None
         self.engine: Engine | None = None
         self.worker: Worker | None = None
@@ -76,8 +79,9 @@ class System:
             self._spawn(self.auditor.run(), "auditor")
         if self.queues:
             self.worker = Worker(
-                self.nc, js, self.queues, concurrency=self.concurrency, drain_timeout=self.drain_timeout
-            )
+                self.nc, js, self.queues, concurrency=self.concurrency, drain_timeout=self.drain_timeout,
+                heartbeat=self.heartbeat,
+            )  # fmt: skip
             self._spawn(self.worker.run(), "worker")
         waits = [role.ready.wait() for role in (self.engine, self.auditor) if role is not None]
         if waits:

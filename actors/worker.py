@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
@@ -22,6 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.kv import KeyValue
 
 from jetdag.engine import builtins as _builtins  # noqa: F401  (registers noop, sleep, command, http)
 from jetdag.engine import subjects as S
@@ -30,6 +32,9 @@ from jetdag.engine.events import Event, TaskFailed, TaskStarted, TaskSucceeded
 from jetdag.engine.handlers import Fail, Retry, TaskContext, call, get_handler, registered
 from jetdag.engine.messages import MSG_ID, TaskMessage, decode_task, encode_event, msg_id, pack
 from jetdag.engine.nats.pull import Fetcher
+from jetdag.engine.nats.setup import acked
+from jetdag.engine.stores.runs import RunStore
+from jetdag.engine.workers import HEARTBEAT, RunningTask, superseded
 
 from .rejects import reject
 
@@ -41,8 +46,18 @@ ACK_WAIT = 30.0
 
 LINGER = 0.05
 """Seconds a fetch right after a doorbell waits for the message to become visible to the consumer."""
-HEARTBEAT = 5.0
-"""Seconds between heartbeats; in-progress acks go out every other beat (well inside ACK_WAIT)."""
+PROGRESS_EVERY = ACK_WAIT / 3
+"""Seconds between in-progress acks for running tasks (well inside ACK_WAIT)."""
+PROMPT_BEAT = 0.25
+"""A task that starts is announced by a beat this soon after the previous one (not a whole interval later):
+a worker killed right after taking a task must already have named it for the reaper to reclaim it."""
+REMEMBERED_INTERRUPTS = 10_000
+"""Interrupted attempts a worker remembers, so one it takes from the queue after the interrupt is not run."""
+CANCELLED = "cancelled: the run was cancelled while the task ran"
+"""The error of an attempt whose handler was interrupted (`jd.cmd.interrupt`)."""
+
+Attempt = tuple[str, str, int]
+"""(run, task, attempt)"""
 
 
 def task_consumer_config(queue: str, priority: int) -> js_api.ConsumerConfig:
@@ -73,11 +88,19 @@ class Worker:
         concurrency: int = 32,
         worker_id: str | None = None,
         drain_timeout: float = 30.0,
+        heartbeat: float = HEARTBEAT,
     ) -> None:
         self.nc, self.js, self.queues, self.concurrency = nc, js, queues, concurrency
         self.id = worker_id or new_worker_id()
         self.drain_timeout = drain_timeout
+        self.heartbeat = heartbeat
         self.running: dict[asyncio.Task[None], Msg] = {}
+        self.attempts: dict[asyncio.Task[None], RunningTask] = {}
+        """The attempts running now, as the heartbeat names them."""
+        self.skipped = 0
+        """Redelivered task messages acked without running: a newer attempt exists or the run is over."""
+        self._runs: RunStore | None = None
+        self._announce = asyncio.Event()  # a task started since the last beat
         self.done_count = 0
         self._fetchers: dict[tuple[str, int], Fetcher] = {}
         self._maybe: set[tuple[str, int]] = set()  # priorities that may hold tasks
@@ -88,8 +111,14 @@ class Worker:
         self._stopping = asyncio.Event()
         self._bg: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
+        self._handlers: dict[Attempt, asyncio.Future[Event]] = {}
+        """The handler of each attempt running now, for interrupts."""
+        self._interrupted: OrderedDict[Attempt, None] = OrderedDict()
+        self.interrupts = 0
+        """Handlers stopped because their run was cancelled."""
 
     async def run(self) -> None:
+        self._runs = await RunStore.open(self.js)
         for queue in self.queues:
             for prio in S.PRIORITIES:
                 await self.js.add_consumer(S.TASKS, config=task_consumer_config(queue, prio))
@@ -99,15 +128,19 @@ class Worker:
         self._maybe = set(self._fetchers)
         # The doorbell: core NATS sees every publish to the queue, so an idle worker wakes at once.
         bells = [await self.nc.subscribe(f"jd.task.{q}.*", cb=self._ring) for q in self.queues]
+        bells.append(await self.nc.subscribe(S.INTERRUPT, cb=self._on_interrupt))
         ticker = asyncio.create_task(self._keep_alive(), name="worker keep-alive")
         try:
             await self._loop()
         finally:
-            ticker.cancel()
             for sub in bells:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-            await self._drain()
+            try:
+                await self._drain()  # still beating: a draining worker is not presumed dead
+            finally:
+                ticker.cancel()
+                await asyncio.wait([ticker])  # no beat may land after the delete below
             with contextlib.suppress(Exception):
                 await (await self.js.key_value(S.WORKERS_KV)).delete(self.id)
             for fetcher in self._fetchers.values():
@@ -127,6 +160,23 @@ class Worker:
             self._fresh.add(key)
             self._rings[key] = self._rings.get(key, 0) + 1
         self._bell.set()
+
+    async def _on_interrupt(self, msg: Msg) -> None:
+        """A run was cancelled: stop the handler of that attempt if it runs here, and remember the attempt
+        in case its task message is still on its way to this worker."""
+        try:
+            body = msgpack.unpackb(msg.data, raw=False)
+            key: Attempt = (str(body["run"]), str(body["task"]), int(body["attempt"]))
+        except Exception as exc:  # best effort: a malformed interrupt stops nothing
+            log.warning("worker %s: malformed interrupt ignored: %s", self.id, exc)
+            return
+        self._interrupted[key] = None
+        while len(self._interrupted) > REMEMBERED_INTERRUPTS:
+            self._interrupted.popitem(last=False)
+        handler = self._handlers.get(key)
+        if handler is not None and not handler.done():
+            log.info("worker %s: interrupting %s/%s#%d: its run was cancelled", self.id, *key)
+            handler.cancel()
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -165,27 +215,45 @@ class Worker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.running.pop(task, None)
+        self.attempts.pop(task, None)
         self.done_count += 1
         self._slot.set()
 
+    def heartbeat_info(self) -> dict[str, Any]:
+        """The map this worker puts into `jd_workers` (its shape is in `jetdag.engine.workers`)."""
+        return {
+            "v": 1, "id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
+            "handlers": registered(), "concurrency": self.concurrency, "interval": self.heartbeat,
+            "running": [a.to_dict() for a in list(self.attempts.values())], "done": self.done_count,
+            "started": self.started_at, "beat": time.time(),
+        }  # fmt: skip
+
     async def _keep_alive(self) -> None:
-        """Heartbeat into `jd_workers` and in-progress acks for running tasks, every few seconds."""
-        kv = await self.js.key_value(S.WORKERS_KV)
-        beat = 0
+        """Heartbeat into `jd_workers` every `heartbeat` seconds (sooner after a task starts), and
+        in-progress acks for running tasks every PROGRESS_EVERY seconds."""
+        kv: KeyValue | None = None
+        loop = asyncio.get_running_loop()
+        next_progress = loop.time() + PROGRESS_EVERY
         while True:
-            info = {
-                "id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
-                "handlers": registered(), "running": len(self.running), "done": self.done_count,
-                "concurrency": self.concurrency, "started": self.started_at, "beat": time.time(),
-            }  # fmt: skip
-            with contextlib.suppress(Exception):
-                await kv.put(self.id, pack(info))
-            if beat % 2 == 1:
-                for msg in list(self.running.values()):
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()
-            beat += 1
-            await asyncio.sleep(HEARTBEAT)
+            self._announce.clear()
+            with contextlib.suppress(Exception):  # NATS trouble: beat again next time, never stop beating
+                kv = kv or await self.js.key_value(S.WORKERS_KV)
+                await kv.put(self.id, pack(self.heartbeat_info()))
+            beat_at = loop.time()
+            next_beat = beat_at + self.heartbeat
+            while (now := loop.time()) < next_beat:
+                if now >= next_progress:
+                    for msg in list(self.running.values()):
+                        with contextlib.suppress(Exception):
+                            await msg.in_progress()
+                    next_progress = now + PROGRESS_EVERY
+                if self._announce.is_set():
+                    next_beat = min(next_beat, beat_at + min(PROMPT_BEAT, self.heartbeat))
+                    await asyncio.sleep(max(0.0, min(next_beat, next_progress) - now))
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(next_beat, next_progress) - now):
+                        await self._announce.wait()
 
     async def _drain(self) -> None:
         if not self.running:
@@ -203,24 +271,65 @@ class Worker:
         except MessageRejected as err:
             await reject(self.js, msg, err)
             return
+        if _deliveries(msg) > 1 and (why := await self._superseded(task)) is not None:
+            # The attempt this message carries was given up on (its first worker was presumed dead
+            # and a newer attempt dispatched) or is settled: running it again would do the work twice.
+            log.info(
+                "task %s/%s#%d delivered again (%d deliveries) but %s: acked without running it",
+                task.run_id, task.task, task.attempt, _deliveries(msg), why,
+            )  # fmt: skip
+            self.skipped += 1
+            with contextlib.suppress(Exception):
+                await msg.ack()
+            return
+        key: Attempt = (task.run_id, task.task, task.attempt)
+        if key in self._interrupted:
+            # Its run was cancelled before this worker took it: the run has no use for it any more.
+            log.info("task %s/%s#%d: its run was cancelled: acked without running it", *key)
+            self.skipped += 1
+            with contextlib.suppress(Exception):
+                await msg.ack()
+            return
+        me = asyncio.current_task()
+        if me is not None:
+            self.attempts[me] = RunningTask(task.run_id, task.task, task.attempt, task.reply, time.time())
+            self._announce.set()
         # Published now, beside the handler (a bare coroutine would only go out with the result),
         # so the run shows the task running while it runs; its ack is awaited with the result's.
         started = asyncio.ensure_future(
             self._publish(task, TaskStarted(task.run_id, task.task, task.attempt, time.time(), self.id))
         )
+        # The handler is a task of its own so that an interrupt cancels it alone, never the publishing below.
+        handler = self._handlers[key] = asyncio.ensure_future(self._run_handler(task))
         try:
-            outcome = await self._run_handler(task)
+            outcome = await handler
         except asyncio.CancelledError:
-            # Shutdown past the drain timeout: hand the task back at once rather than after AckWait.
-            started.cancel()
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            raise
+            if me is None or me.cancelling() or key not in self._interrupted:
+                # Shutdown past the drain timeout: hand the task back at once rather than after AckWait.
+                started.cancel()
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+                raise
+            self.interrupts += 1
+            outcome = TaskFailed(*key, time.time(), CANCELLED, self.id, retryable=False)
+        finally:
+            self._handlers.pop(key, None)
         try:
             await asyncio.gather(started, self._publish(task, outcome))
             await msg.ack()
         except Exception as exc:  # not acked: JetStream redelivers the task and the engine dedupes
             log.warning("task %s/%s#%d: result not published: %s", task.run_id, task.task, task.attempt, exc)
+
+    async def _superseded(self, task: TaskMessage) -> str | None:
+        """Why this redelivered attempt is stale, from the run's snapshot; None (run it) when unsure."""
+        if self._runs is None:
+            return None
+        try:
+            snapshot, _ = await self._runs.load(task.run_id)
+        except Exception as exc:
+            log.debug("task %s/%s#%d: snapshot not readable: %s", task.run_id, task.task, task.attempt, exc)
+            return None
+        return None if snapshot is None else superseded(snapshot, task.task, task.attempt)
 
     async def _run_handler(self, task: TaskMessage) -> Event:
         now, args = time.time, (task.run_id, task.task, task.attempt)
@@ -258,7 +367,14 @@ class Worker:
             error = f"result of handler {task.handler!r} cannot be serialized: {exc}"
             data = encode_event(TaskFailed(task.run_id, task.task, task.attempt, time.time(), error, self.id, False))
         headers = {MSG_ID: msg_id(task.run_id, task.task, task.attempt, kind)}
-        await (await self.js.publish_async(task.reply, data, headers=headers))
+        for tries_left in (2, 1, 0):
+            # A publish lost with a dying server is never answered: send it again (the same id is deduped).
+            try:
+                await acked([await self.js.publish_async(task.reply, data, headers=headers)])
+                return
+            except TimeoutError:
+                if not tries_left:
+                    raise
 
     def _emitter(self, task: TaskMessage) -> Any:
         loop = asyncio.get_running_loop()
@@ -275,6 +391,13 @@ class Worker:
         t = asyncio.ensure_future(coro)
         self._bg.add(t)
         t.add_done_callback(self._bg.discard)
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return msg.metadata.num_delivered or 1
+    except Exception:
+        return 1
 
 
 def _failure(task: TaskMessage, exc: BaseException, worker: str) -> TaskFailed:

@@ -27,6 +27,10 @@ class RunSubmitted:
     """Trigger or batch metadata for `{meta:key}` (the file that landed, a batch row)."""
     error: str | None = None
     """Set when the submission cannot start (unknown workflow): the run is recorded as failed."""
+    done: dict[str, Any] | None = None
+    """A rerun's tasks that are not run again: task -> the original run's result (pre-marked succeeded)."""
+    rerun_of: str | None = None
+    """The run this one reruns (`jetdag rerun`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +91,76 @@ class RunDeadline:
     due: float
 
 
-Event = RunSubmitted | TaskStarted | TaskSucceeded | TaskFailed | TaskDue | RunDeadline
+@dataclass(frozen=True, slots=True)
+class RunCancel:
+    """An operator cancels the run: every task not yet final is cancelled, running handlers are interrupted."""
+
+    kind: ClassVar[str] = "run.cancel"
+    run_id: str
+    ts: float
+    reason: str = ""
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunPause:
+    """An operator pauses the run: nothing new is dispatched; what runs finishes."""
+
+    kind: ClassVar[str] = "run.pause"
+    run_id: str
+    ts: float
+    reason: str = ""
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunResume:
+    """An operator resumes a paused run: everything that became ready meanwhile is dispatched."""
+
+    kind: ClassVar[str] = "run.resume"
+    run_id: str
+    ts: float
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskIgnore:
+    """An operator marks a failed (or retrying) task `ignored`: it counts as a success for its children."""
+
+    kind: ClassVar[str] = "task.ignore"
+    run_id: str
+    task: str
+    ts: float
+    reason: str = ""
+    by: str = ""
+
+
+Event = (
+    RunSubmitted
+    | TaskStarted
+    | TaskSucceeded
+    | TaskFailed
+    | TaskDue
+    | RunDeadline
+    | RunCancel
+    | RunPause
+    | RunResume
+    | TaskIgnore
+)
 EVENT_TYPES: dict[str, type[Event]] = {
-    t.kind: t for t in (RunSubmitted, TaskStarted, TaskSucceeded, TaskFailed, TaskDue, RunDeadline)
+    t.kind: t
+    for t in (
+        RunSubmitted,
+        TaskStarted,
+        TaskSucceeded,
+        TaskFailed,
+        TaskDue,
+        RunDeadline,
+        RunCancel,
+        RunPause,
+        RunResume,
+        TaskIgnore,
+    )
 }
 
 
@@ -135,7 +206,15 @@ class ScheduleDeadline:
     due: float
 
 
-Command = DispatchTask | ScheduleDue | DeadLetter | ScheduleDeadline
+@dataclass(frozen=True, slots=True)
+class InterruptTask:
+    """Ask the workers (core NATS, best effort) to stop the handler running attempt `attempt` of `task`."""
+
+    task: str
+    attempt: int
+
+
+Command = DispatchTask | ScheduleDue | DeadLetter | ScheduleDeadline | InterruptTask
 
 
 @dataclass(frozen=True, slots=True)

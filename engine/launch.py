@@ -30,6 +30,8 @@ from jetdag.engine.errors import ConfigError
 from jetdag.engine.home import DataDir
 from jetdag.engine.model import WorkflowSpec
 from jetdag.engine.nats.server import NatsServer
+from jetdag.engine.nats.setup import Topology
+from jetdag.engine.workers import HEARTBEAT
 from jetdag.web.app import create_app
 
 log = logging.getLogger("jetdag")
@@ -61,13 +63,16 @@ async def serve_roles(
     audit: Path | None = None,
     retention_days: float = 90.0,
     audit_export_to: Path | None = None,
+    replicas: int = 1,
+    heartbeat: float = HEARTBEAT,
 ) -> int:
     """Run the engine, a worker and/or the auditor until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
     async with System(
         url, engine=engine, queues=queues, concurrency=concurrency, engine_id=engine_id, audit=audit,
-        retention_days=retention_days, audit_export_to=audit_export_to,
+        retention_days=retention_days, audit_export_to=audit_export_to, topology=Topology(replicas=replicas),
+        heartbeat=heartbeat,
     ) as system:  # fmt: skip
         role = "engine" if engine else f"worker for {', '.join(queues)}" if queues else f"auditor of {audit}"
         click.echo(f"jetdag {role} connected to {url}; stop with Ctrl-C", err=True)
@@ -125,6 +130,45 @@ async def _apply_definitions(url: str, specs: list[WorkflowSpec]) -> list[str]:
     return [s.name for s in specs]
 
 
+async def _start_web(nats: str, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """The dashboard and API on `sock`, serving until `server.should_exit`; returns once it listens.
+
+    Open SSE streams get 2 s after a stop, then are cut: infinite streams must not hold up a restart.
+    """
+    web = uvicorn.Server(uvicorn.Config(create_app(nats), log_level="warning", timeout_graceful_shutdown=2))
+    web.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # ours
+    web_task = asyncio.create_task(web.serve(sockets=[sock]), name="web")
+    while not web.started and not web_task.done():  # noqa: ASYNC110  (uvicorn has no started event)
+        await asyncio.sleep(0.02)
+    return web, web_task
+
+
+def _url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{host}:{port}/"
+
+
+async def serve_web(nats: str, http: str) -> int:
+    """The web role alone (`jetdag web`): dashboard and API for the NATS at `nats`, until a signal."""
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    sock = _bind(http)
+    try:
+        async with await Client.connect(nats):  # a clear error now, not a traceback from the app's startup
+            pass
+        web, web_task = await _start_web(nats, sock)
+        click.echo(f"jetdag web at {_url_of(sock)} for {nats}; stop with Ctrl-C", err=True)
+        try:
+            await _until(stop, web_task)
+        finally:
+            web.should_exit = True
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await web_task
+        return 0
+    finally:
+        sock.close()
+
+
 async def run_up(
     http: str,
     data: Path,
@@ -135,8 +179,11 @@ async def run_up(
     concurrency: int,
     durability: str,
     retention_days: float,
+    replicas: int = 1,
 ) -> int:
     """Embedded NATS (unless --nats), engine, worker and web in one process tree, until a signal."""
+    if replicas > 1 and nats is None:  # the embedded server is one node: it cannot hold a second copy
+        raise ConfigError(f"--replicas {replicas} needs a NATS cluster: pass --nats URL of one (see deploy/nats/)")
     home = DataDir(data)
     home.lock()
     sock = _bind(http)
@@ -155,16 +202,11 @@ async def run_up(
         served = list(dict.fromkeys([*queues, *(t.queue for spec in specs for t in spec.tasks)]))
         async with System(
             nats, queues=served, concurrency=concurrency, engine_id=engine_id, drain_timeout=10,
-            audit=data / "audit.duckdb", retention_days=retention_days,
+            audit=data / "audit.duckdb", retention_days=retention_days, topology=Topology(replicas=replicas),
         ) as system:  # fmt: skip
             names = await _apply_definitions(nats, specs)
-            web = uvicorn.Server(uvicorn.Config(create_app(nats), log_level="warning", timeout_graceful_shutdown=2))
-            web.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # ours
-            web_task = asyncio.create_task(web.serve(sockets=[sock]), name="web")
-            while not web.started and not web_task.done():  # noqa: ASYNC110  (uvicorn has no started event)
-                await asyncio.sleep(0.02)
-            host, port = sock.getsockname()[:2]
-            dashboard = f"http://{host}:{port}/"
+            web, web_task = await _start_web(nats, sock)
+            dashboard = _url_of(sock)
             home.write_endpoint(nats=nats, http=dashboard)
             click.echo(f"jetdag is up\n  dashboard  {dashboard}\n  nats       {nats}   (data in {data})")
             click.echo(f'  audit log  {data / "audit.duckdb"}   (jetdag sql "SELECT … FROM runs")')

@@ -74,13 +74,20 @@ _REQUIRED: Final[dict[str, type | tuple[type, ...]]] = {
     "attempt": int,
     "ts": (int, float),
     "workflow": str,
+    "reason": str,
+    "by": str,
 }
+_OPTIONAL: Final[dict[str, type]] = {"done": dict, "rerun_of": str}
 
 
 def _check_types(subject: str, event: Event) -> None:
     for name, kind in _REQUIRED.items():
         if hasattr(event, name) and not isinstance(getattr(event, name), kind):
             raise MessageRejected(subject, f"{event.kind}: field {_RENAME.get(name, name)!r} has the wrong type")
+    for name, kind in _OPTIONAL.items():
+        value = getattr(event, name, None)
+        if value is not None and not isinstance(value, kind):
+            raise MessageRejected(subject, f"{event.kind}: field {name!r} has the wrong type")
     if hasattr(event, "attempt") and getattr(event, "attempt") < 1:  # noqa: B009
         raise MessageRejected(subject, f"{event.kind}: attempt must be >= 1")
     run_token = subject.rsplit(".", 1)[-1]
@@ -162,6 +169,16 @@ def encode_step(run_id: str, seq: int, status: str, transitions: list[Transition
             ],
         }
     )
+
+
+def command_id(run_id: str, verb: str, caller_id: str) -> str:
+    """The dedupe id of an operator's command to a run: `<run>:cmd:<verb>:<caller id>` (a retry sends the same)."""
+    return f"{run_id}:cmd:{verb}:{caller_id}"
+
+
+def encode_interrupt(run_id: str, task: str, attempt: int) -> bytes:
+    """The core-NATS message on `jd.cmd.interrupt` asking workers to stop one running attempt."""
+    return pack({"v": VERSION, "run": run_id, "task": task, "attempt": attempt})
 
 
 def msg_id(run_id: str, task: str, attempt: int, kind: str) -> str:

@@ -9,29 +9,44 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from jetdag.engine import templates
 from jetdag.engine.durations import format_duration
+from jetdag.engine.errors import ControlError
 from jetdag.engine.events import (
     DeadLetter,
     Decision,
     DispatchTask,
     Event,
+    InterruptTask,
+    RunCancel,
     RunDeadline,
+    RunPause,
+    RunResume,
     RunSubmitted,
     ScheduleDeadline,
     ScheduleDue,
     TaskDue,
     TaskFailed,
+    TaskIgnore,
     TaskStarted,
     TaskSucceeded,
     Transition,
 )
+from jetdag.engine.model import WorkflowSpec
 from jetdag.engine.retry import next_delay, stable_random
 from jetdag.engine.rules import Verdict, evaluate
-from jetdag.engine.state import TASK_ACTIVE, TASK_DONE, RunState, RunStatus, TaskState, TaskStatus
+from jetdag.engine.state import (
+    RUN_DONE,
+    TASK_ACTIVE,
+    TASK_DONE,
+    RunState,
+    RunStatus,
+    TaskState,
+    TaskStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +73,14 @@ def decide(state: RunState | None, event: Event, now: float) -> Decision:
                 _on_due(state, event, now, decision)
             case RunDeadline():
                 _on_deadline(state, event, now, decision)
+            case RunCancel():
+                _on_cancel(state, event, now, decision)
+            case RunPause():
+                _on_pause(state, event, now, decision)
+            case RunResume():
+                _on_resume(state, event, now, decision)
+            case TaskIgnore():
+                _on_ignore(state, event, now, decision)
     except Exception as exc:  # a bug here must fail one run, not the engine
         log.exception("decide failed for run %s on %s", state.run_id, event.kind)
         decision = Decision()
@@ -68,8 +91,9 @@ def decide(state: RunState | None, event: Event, now: float) -> Decision:
 
 
 def _on_submitted(state: RunState, ev: RunSubmitted, now: float, d: Decision) -> None:
-    if state.status is not RunStatus.PENDING:
-        d.reason = "duplicate submission"
+    # A run paused (or cancelled) before its delayed submission came due has not started either.
+    if state.started_at is not None or state.status not in (RunStatus.PENDING, RunStatus.PAUSED):
+        d.reason = "duplicate submission" if state.status is not RunStatus.CANCELLED else "the run was cancelled"
         return
     if ev.not_before is not None and ev.not_before > now:
         d.defer_until, d.reason = ev.not_before, "delayed submission"
@@ -77,19 +101,36 @@ def _on_submitted(state: RunState, ev: RunSubmitted, now: float, d: Decision) ->
     if ev.error or state.spec is None:
         _finish(state, RunStatus.FAILED, now, d, error=ev.error or "the run has no workflow definition")
         return
-    state.status, state.started_at = RunStatus.RUNNING, now
-    d.transitions.append(Transition(None, 0, RunStatus.RUNNING.value, now))
+    # Paused before it started: it starts paused, its roots wait in `ready` for the resume.
+    state.status = RunStatus.PAUSED if state.status is RunStatus.PAUSED else RunStatus.RUNNING
+    state.started_at, state.rerun_of = now, ev.rerun_of
+    d.transitions.append(Transition(None, 0, state.status.value, now))
     if not state.tasks:
         _finish(state, RunStatus.SUCCEEDED, now, d)
         return
     if state.spec.timeout is not None:
         d.commands.append(ScheduleDeadline(now + state.spec.timeout))
+    _seed_done(state, ev.done or {}, now, d)
     for name in state.spec.roots:
-        _dispatch(state, name, now, d)
+        if state.tasks[name].status is TaskStatus.WAITING and not state.done:
+            _dispatch(state, name, now, d)
+
+
+def _seed_done(state: RunState, done: Mapping[str, Any], now: float, d: Decision) -> None:
+    """A rerun: tasks it does not run again are succeeded at once with the original run's results
+    (attempt 0: they did not run here), and their children are woken as if they had just finished."""
+    names = [name for name in done if name in state.tasks]
+    for name in names:
+        task = state.tasks[name]
+        task.status, task.result, task.finished_at = TaskStatus.SUCCEEDED, done[name], now
+        d.transitions.append(Transition(name, 0, TaskStatus.SUCCEEDED.value, now))
+    # Every one is marked before any is settled: a child of two seeded parents must see both done.
+    for name in names:
+        _settled(state, name, now, d)
 
 
 def _on_started(state: RunState, ev: TaskStarted, now: float, d: Decision) -> None:
-    task = _task_for(state, ev, d)
+    task = _task_for(state, ev, now, d)
     if task is None or task.attempt != ev.attempt or task.status is not TaskStatus.QUEUED:
         return
     task.status, task.started_at, task.worker = TaskStatus.RUNNING, ev.ts, ev.worker
@@ -97,7 +138,7 @@ def _on_started(state: RunState, ev: TaskStarted, now: float, d: Decision) -> No
 
 
 def _on_succeeded(state: RunState, ev: TaskSucceeded, now: float, d: Decision) -> None:
-    task = _task_for(state, ev, d)
+    task = _task_for(state, ev, now, d)
     if task is None or task.attempt != ev.attempt or task.status not in TASK_ACTIVE:
         return
     task.status, task.finished_at, task.result, task.error = TaskStatus.SUCCEEDED, ev.ts, ev.result, None
@@ -108,7 +149,7 @@ def _on_succeeded(state: RunState, ev: TaskSucceeded, now: float, d: Decision) -
 
 
 def _on_failed(state: RunState, ev: TaskFailed, now: float, d: Decision) -> None:
-    task = _task_for(state, ev, d)
+    task = _task_for(state, ev, now, d)
     if task is None or task.attempt != ev.attempt or task.status not in TASK_ACTIVE:
         return
     assert state.spec is not None
@@ -160,26 +201,197 @@ def _on_deadline(state: RunState, ev: RunDeadline, now: float, d: Decision) -> N
     if ev.due > now:
         d.defer_until, d.reason = ev.due, "deadline not reached"
         return
-    # Results that come in later find their task cancelled and change nothing. Stopping the
-    # handlers still running belongs to run control (a cancel sent to the workers).
-    for name, task in state.tasks.items():
-        if task.status not in TASK_DONE:
-            task.status, task.finished_at, task.due = TaskStatus.CANCELLED, now, None
-            d.transitions.append(Transition(name, task.attempt, TaskStatus.CANCELLED.value, now))
-    state.ready.clear()
-    state.active = state.remaining = 0
+    _cancel_tasks(state, now, d)
     limit = format_duration(state.spec.timeout or 0)
     _finish(state, RunStatus.FAILED, now, d, error=f"run timed out: not finished within its timeout of {limit}")
 
 
-def _task_for(state: RunState, ev: TaskStarted | TaskSucceeded | TaskFailed, d: Decision) -> TaskState | None:
+def _cancel_tasks(state: RunState, now: float, d: Decision) -> None:
+    """Cancel every task not yet final, and ask the workers to stop the attempts that may be running.
+
+    Results that come in later find their task cancelled and change nothing; the interrupt only
+    saves the work (a queued attempt a worker has not taken yet is skipped if that worker heard it).
+    """
+    for name, task in state.tasks.items():
+        if task.status in TASK_DONE:
+            continue
+        if task.status in TASK_ACTIVE:
+            d.commands.append(InterruptTask(name, task.attempt))
+        task.status, task.finished_at, task.due = TaskStatus.CANCELLED, now, None
+        d.transitions.append(Transition(name, task.attempt, TaskStatus.CANCELLED.value, now))
+    state.ready.clear()
+    state.active = state.remaining = 0
+
+
+# --- run control: cancel, pause, resume, ignore (see README "Run control") -----------------------
+
+
+def why_not(verb: str, run_status: str, tasks: Mapping[str, str], task: str | None = None) -> str | None:
+    """Why an operator's `verb` (cancel, pause, resume, ignore) changes nothing for a run in `run_status`
+    whose tasks are in `tasks` (name -> status); None when it applies. decide and the Client share it,
+    so what the Client accepts is what decide applies."""
+    status = RunStatus(run_status)
+    if verb == "ignore":
+        return _why_not_ignore(status, {n: TaskStatus(s) for n, s in tasks.items()}, task or "")
+    if status in RUN_DONE:
+        return f"the run already {'was cancelled' if status is RunStatus.CANCELLED else status.value}"
+    if verb == "pause" and status is RunStatus.PAUSED:
+        return "the run is already paused"
+    if verb == "resume" and status is not RunStatus.PAUSED:
+        return f"the run is not paused (it is {status.value})"
+    return None
+
+
+def _why_not_ignore(status: RunStatus, tasks: Mapping[str, TaskStatus], name: str) -> str | None:
+    if name not in tasks:
+        return f"the run has no task {name!r}"
+    if status is RunStatus.CANCELLED:
+        return "the run was cancelled"
+    if tasks[name] not in (TaskStatus.FAILED, TaskStatus.RETRYING):
+        return f"task {name!r} is {tasks[name].value}: only a failed or retrying task can be ignored"
+    if status is RunStatus.FAILED and not _failed_by_tasks(tasks.values()):
+        # A timeout cancelled what was left: there is nothing for the run to go on with.
+        return "the run did not fail because of its tasks (it timed out)"
+    return None
+
+
+def _failed_by_tasks(tasks: Iterable[TaskStatus]) -> bool:
+    """A failed run ended because tasks failed (every task final, none cancelled by a timeout)."""
+    return all(s in TASK_DONE and s is not TaskStatus.CANCELLED for s in tasks)
+
+
+def _said(what: str, by: str, reason: str) -> str:
+    return what + (f" by {by}" if by else "") + (f": {reason}" if reason else "")
+
+
+def _refused(state: RunState, verb: str, d: Decision, task: str | None = None) -> bool:
+    tasks = {n: t.status.value for n, t in state.tasks.items()} if verb == "ignore" else {}
+    d.reason = why_not(verb, state.status.value, tasks, task)
+    if d.reason is None and verb != "cancel" and state.spec is None:
+        d.reason = "the run has no workflow definition"
+    return d.reason is not None
+
+
+def _on_cancel(state: RunState, ev: RunCancel, now: float, d: Decision) -> None:
+    if _refused(state, "cancel", d):
+        return
+    _cancel_tasks(state, now, d)
+    _finish(state, RunStatus.CANCELLED, now, d, error=_said("cancelled", ev.by, ev.reason))
+
+
+def _on_pause(state: RunState, ev: RunPause, now: float, d: Decision) -> None:
+    # Only dispatching stops: running attempts finish and their results are applied (_dispatch holds the rest).
+    if _refused(state, "pause", d):
+        return
+    state.status = RunStatus.PAUSED
+    d.transitions.append(Transition(None, 0, RunStatus.PAUSED.value, now))
+
+
+def _on_resume(state: RunState, ev: RunResume, now: float, d: Decision) -> None:
+    if _refused(state, "resume", d):
+        return
+    state.status = RunStatus.RUNNING if state.started_at is not None else RunStatus.PENDING
+    d.transitions.append(Transition(None, 0, state.status.value, now))
+    _fill_slots(state, now, d)
+
+
+def _on_ignore(state: RunState, ev: TaskIgnore, now: float, d: Decision) -> None:
+    """The task counts as succeeded for its children (and the run) from now on; its failure stays on record."""
+    if _refused(state, "ignore", d, ev.task):
+        return
+    task = state.tasks[ev.task]
+    was_final = task.status is TaskStatus.FAILED
+    if state.done:  # it failed because of its tasks (why_not checked): it goes on without this one
+        state.status, state.finished_at, state.error = RunStatus.RUNNING, None, None
+        d.transitions.append(Transition(None, 0, RunStatus.RUNNING.value, now))
+    if ev.task in state.ready:  # a retry that came due while paused or at max_concurrency
+        state.ready.remove(ev.task)
+    task.status, task.finished_at, task.due = TaskStatus.IGNORED, now, None
+    note = _said("ignored", ev.by, ev.reason)
+    d.transitions.append(Transition(ev.task, task.attempt, TaskStatus.IGNORED.value, now, note))
+    _reopen_skipped(state, ev.task, now, d)
+    if was_final:
+        state.remaining += 1  # counted down when it failed; _settled counts it down again
+    _settled(state, ev.task, now, d)
+
+
+def _reopen_skipped(state: RunState, name: str, now: float, d: Decision) -> None:
+    """Tasks skipped downstream of `name` (through skipped tasks only) wait again, to be judged anew.
+
+    Each reopened task has a parent that is `name` or reopened, so one settling always judges it
+    again; a task still skipped for another reason (another failed parent) is skipped again then.
+    """
+    assert state.spec is not None
+    stack = [name]
+    while stack:
+        for child in state.spec.children[stack.pop()]:
+            task = state.tasks[child]
+            if task.status is TaskStatus.SKIPPED:
+                task.status, task.finished_at = TaskStatus.WAITING, None
+                state.remaining += 1
+                d.transitions.append(Transition(child, 0, TaskStatus.WAITING.value, now))
+                stack.append(child)
+
+
+# --- rerun -----------------------------------------------------------------------------------------
+
+
+def rerun_done(
+    run_id: str, spec: WorkflowSpec, tasks: Mapping[str, Mapping[str, Any]], from_task: str | None = None
+) -> dict[str, Any]:
+    """What a rerun of run `run_id` (its snapshot's `tasks`) keeps: task -> result, for RunSubmitted.done.
+
+    From `from_task`: it and everything downstream run again, the rest is kept. Without it: the
+    tasks that did not succeed (failed, cancelled, skipped) and everything downstream of them run
+    again; when every task succeeded, all run again. A kept task must have succeeded or been
+    ignored (it is kept as succeeded, with no result); ControlError says which one did not.
+    """
+    if from_task is not None and from_task not in spec.by_name:
+        known = ", ".join(spec.by_name)
+        raise ControlError(f"run {run_id} has no task {from_task!r} to rerun from (its tasks: {known})")
+    ok = ("succeeded", "ignored")
+    if from_task is not None:
+        again = _downstream(spec, [from_task])
+    else:
+        not_ok = [n for n in spec.by_name if (tasks.get(n) or {}).get("status") not in ok]
+        again = _downstream(spec, not_ok) if not_ok else set(spec.by_name)
+    done: dict[str, Any] = {}
+    for name in spec.by_name:
+        if name in again:
+            continue
+        status = (tasks.get(name) or {}).get("status")
+        if status not in ok:
+            raise ControlError(
+                f"cannot rerun run {run_id} from {from_task!r}: task {name!r} is not downstream of it and did "
+                f"not succeed ({status}); rerun from a task upstream of it, or without --from"
+            )
+        done[name] = (tasks[name] or {}).get("result") if status == "succeeded" else None
+    return done
+
+
+def _downstream(spec: WorkflowSpec, starts: Iterable[str]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(starts)
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack.extend(spec.children[name])
+    return seen
+
+
+def _task_for(
+    state: RunState, ev: TaskStarted | TaskSucceeded | TaskFailed, now: float, d: Decision
+) -> TaskState | None:
     """The task an event is about, or None (deferring the event when it came before its dispatch)."""
     task = state.tasks.get(ev.task)
     if task is None:
         d.reason = f"no task {ev.task!r} in this run"
         return None
     if ev.attempt > task.attempt or (task.status is TaskStatus.WAITING and not state.done):
-        d.defer_until, d.reason = ev.ts + EARLY_RETRY, "result ahead of its dispatch"
+        # From now, not from ev.ts: a result older than EARLY_RETRY came back at once, 50 times in a blink,
+        # and was dropped (actors/run.py) long before the event that dispatched it was redelivered.
+        d.defer_until, d.reason = now + EARLY_RETRY, "result ahead of its dispatch"
         return None
     if ev.attempt < task.attempt or task.status not in TASK_ACTIVE:
         d.reason = "stale or duplicate"
@@ -190,8 +402,9 @@ def _dispatch(state: RunState, name: str, now: float, d: Decision) -> None:
     """Queue the task's next attempt, or hold it in `ready` while the run is at max_concurrency."""
     assert state.spec is not None
     limit = state.spec.max_concurrency
-    if limit is not None and (state.active >= limit or state.ready):
-        # Held tasks are queued by _fill_slots, highest priority first, not by who asks first.
+    if state.status is RunStatus.PAUSED or (limit is not None and (state.active >= limit or state.ready)):
+        # Held tasks are queued by _fill_slots, highest priority first, not by who asks first
+        # (and, while the run is paused, by the resume).
         if name not in state.ready:
             state.ready.append(name)
         _fill_slots(state, now, d)
@@ -230,6 +443,8 @@ def _start(state: RunState, name: str, now: float, d: Decision) -> None:
 def _fill_slots(state: RunState, now: float, d: Decision) -> None:
     """A slot freed up: dispatch held tasks, highest priority first, then in the order they became free."""
     assert state.spec is not None
+    if state.status is RunStatus.PAUSED:
+        return
     by_name = state.spec.by_name
     while state.ready and (state.spec.max_concurrency is None or state.active < state.spec.max_concurrency):
         best = max(range(len(state.ready)), key=lambda i: (by_name[state.ready[i]].priority, -i))

@@ -90,6 +90,8 @@ class RunState:
     """Tasks not yet in a final state; derived on load, kept current by decide."""
     active: int = 0
     """Tasks queued or running; derived on load, kept current by decide."""
+    rerun_of: str | None = None
+    """The run this one reruns (`jetdag rerun`), if any."""
 
     @property
     def done(self) -> bool:
@@ -115,6 +117,8 @@ class RunState:
             d["meta"] = self.meta
         if self.ready:
             d["ready"] = self.ready
+        if self.rerun_of is not None:
+            d["rerun_of"] = self.rerun_of
         if self.inline and self.spec is not None:
             d["spec"] = self.spec.to_dict()
         return d
@@ -144,6 +148,7 @@ class RunState:
             ready=d.get("ready", []),
             remaining=sum(1 for t in tasks.values() if t.status not in TASK_DONE),
             active=sum(1 for t in tasks.values() if t.status in TASK_ACTIVE),
+            rerun_of=d.get("rerun_of"),
         )
 
 

@@ -92,6 +92,10 @@ def command_subject(verb: str) -> str:
     return f"jd.cmd.{verb}"
 
 
+INTERRUPT: Final = command_subject("interrupt")
+"""Core NATS: `{run, task, attempt}` of a running attempt whose run was cancelled; workers stop its handler."""
+
+
 def lease_key(partition: int) -> str:
     return f"partition-{partition}"
 

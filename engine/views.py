@@ -18,6 +18,8 @@ def run_view(snapshot: dict[str, Any], *, tasks: bool = True) -> dict[str, Any]:
         "finished_at": snapshot["finished_at"],
         "error": snapshot["error"],
     }
+    if snapshot.get("rerun_of"):
+        view["rerun_of"] = snapshot["rerun_of"]
     if tasks:
         view["tasks"] = {name: task_view(t) for name, t in snapshot["tasks"].items()}
     return view

@@ -54,14 +54,24 @@ def eventually_sync(fn: Callable[[], T], timeout: float = 10.0, interval: float 
         time.sleep(interval)
 
 
-async def invalid_letters(js: JetStreamContext) -> list[RawStreamMsg]:
-    """Every message dead-lettered to `jd.dlq._invalid`, oldest first."""
+async def stream_messages(js: JetStreamContext, stream: str, subject: str) -> list[RawStreamMsg]:
+    """Every message `stream` holds on `subject`, oldest first."""
     out: list[RawStreamMsg] = []
     seq = 1
     while True:
         try:
-            msg = await js.get_msg(S.DLQ, seq=seq, subject=S.dlq_subject(S.INVALID_DLQ), next=True)
+            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
         except NotFoundError:
             return out
         out.append(msg)
         seq = (msg.seq or seq) + 1
+
+
+async def invalid_letters(js: JetStreamContext) -> list[RawStreamMsg]:
+    """Every message dead-lettered to `jd.dlq._invalid`, oldest first."""
+    return await stream_messages(js, S.DLQ, S.dlq_subject(S.INVALID_DLQ))
+
+
+async def run_inputs(js: JetStreamContext, run_id: str) -> list[RawStreamMsg]:
+    """Every message JD_EVENTS holds on the run's own subject (submission, results, timers), oldest first."""
+    return await stream_messages(js, S.EVENTS, S.event_subject(S.partition_of(run_id), run_id))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,20 +35,49 @@ class Topology:
     worker_ttl: float = 15.0
 
 
+def server_list(url: str) -> list[str]:
+    """`nats://h1:4222,nats://h2:4222` (a cluster, as --nats takes it) as the list nats-py wants."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 async def connect(url: str, name: str) -> NATS:
-    """A connection that keeps reconnecting; errors after the first connect are logged, not raised."""
+    """A connection that keeps reconnecting; errors after the first connect are logged, not raised.
+
+    `url` may name several servers of one cluster, comma-separated; the client moves between them.
+    """
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats (%s): %s", name, exc)
 
     return await nats.connect(
-        url,
+        server_list(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
     )
+
+
+PUBLISH_TIMEOUT = 5.0
+"""How long to wait for JetStream to acknowledge a publish (nats-py's own default for requests)."""
+
+
+async def acked(
+    futures: Sequence[asyncio.Future[js_api.PubAck]], timeout: float = PUBLISH_TIMEOUT
+) -> list[js_api.PubAck]:
+    """The acks of `publish_async` futures; TimeoutError after `timeout` seconds.
+
+    nats-py never fails such a future by itself: a publish lost with a server that died (the client
+    had written it to that socket, or the stream leader was there) would be waited for forever. The
+    caller treats the timeout as a failed publish and publishes again with the same message ids.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return list(await asyncio.gather(*futures))
+    finally:
+        for future in futures:
+            future.cancel()  # a no-op when done; frees nats-py's slot for a pending publish otherwise
 
 
 async def close(nc: NATS, timeout: float = 2.0) -> None:
@@ -92,11 +123,17 @@ def _streams(t: Topology) -> list[js_api.StreamConfig]:
 _CHECKED = ("subjects", "retention", "num_replicas", "storage")
 
 
-async def ensure(js: JetStreamContext, topology: Topology | None = None) -> None:
-    """Create what is missing; a stream that exists with other settings is reported, not changed."""
+async def ensure(js: JetStreamContext, topology: Topology | None = None, leader_timeout: float = 15.0) -> None:
+    """Create what is missing; a stream that exists with other settings is reported, not changed.
+
+    Returns once every stream and bucket can take writes: in a cluster, a stream just created (or
+    one whose nodes just restarted) has no leader for a moment, and a publish to it finds no responder.
+    """
     t = topology or Topology()
+    names: list[str] = []
     for want in _streams(t):
         assert want.name is not None
+        names.append(want.name)
         try:
             have = (await js.stream_info(want.name)).config
         except NotFoundError:
@@ -119,8 +156,9 @@ async def ensure(js: JetStreamContext, topology: Topology | None = None) -> None
         (S.SCHEDULES_KV, 1, None),
     ]
     for bucket, history, ttl in buckets:
+        names.append(f"KV_{bucket}")
         try:
-            await js.key_value(bucket)
+            kv = await js.key_value(bucket)
         except Exception:  # BucketNotFoundError; nats-py raises a few kinds here
             await js.create_key_value(
                 bucket=bucket,
@@ -129,3 +167,26 @@ async def ensure(js: JetStreamContext, topology: Topology | None = None) -> None
                 replicas=t.replicas,
                 storage=js_api.StorageType.FILE,
             )
+            continue
+        replicas = (await kv.status()).stream_info.config.num_replicas
+        if replicas != t.replicas:
+            raise ConfigError(
+                f"KV bucket {bucket} exists with num_replicas={replicas!r} but jetdag needs {t.replicas!r}: "
+                f"remove it (`nats kv rm {bucket}`) or point jetdag at another server"
+            )
+    await _leaders(js, names, leader_timeout)
+
+
+async def _leaders(js: JetStreamContext, streams: list[str], timeout: float) -> None:
+    """Until each stream has a leader (at once on a single server); a warning after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    waiting = list(streams)
+    while waiting:
+        info = await js.stream_info(waiting[0])
+        if info.cluster is None or info.cluster.leader:
+            waiting.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            log.warning("streams without a leader after %gs: %s (is a quorum of nodes up?)", timeout, waiting)
+            return
+        await asyncio.sleep(0.05)

@@ -32,13 +32,13 @@ def report(ctx: TaskContext) -> dict[str, Any]:
 async def busy(ctx: TaskContext) -> None:
     _running[ctx.run_id] = _running.get(ctx.run_id, 0) + 1
     _peak[ctx.run_id] = max(_peak.get(ctx.run_id, 0), _running[ctx.run_id])
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # wait-ok: a handler's simulated work
     _running[ctx.run_id] -= 1
 
 
 @handler("t_fmt_stuck")
 async def stuck(ctx: TaskContext) -> None:
-    await asyncio.sleep(30)
+    await asyncio.sleep(30)  # wait-ok: a handler's simulated work
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ def broken(ctx: TaskContext) -> None:
 @handler("t_runs_slow_first")
 async def slow_first(ctx: TaskContext) -> str:
     if ctx.attempt == 1:
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # wait-ok: a handler's simulated work
     return "fast enough"
 
 

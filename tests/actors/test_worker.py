@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from typing import Any
 
 import msgpack
@@ -32,7 +34,7 @@ async def busy(ctx: TaskContext) -> int:
     _load["now"] += 1
     _load["max"] = max(_load["max"], _load["now"])
     try:
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # wait-ok: a handler's simulated work
     finally:
         _load["now"] -= 1
     return ctx.payload
@@ -42,7 +44,7 @@ async def busy(ctx: TaskContext) -> int:
 async def long_task(ctx: TaskContext) -> str:
     _calls[ctx.run_id] = _calls.get(ctx.run_id, 0) + 1
     _events["long started"].set()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # wait-ok: a handler's simulated work
     return "finished while stopping"
 
 
@@ -146,6 +148,9 @@ async def test_the_worker_heartbeats_its_queues_and_handlers(system: System, cli
     assert info["queues"] == ["default"]
     assert {"noop", "command", "t_worker_record", "t_worker_busy"} <= set(info["handlers"])
     assert info["concurrency"] == 16
+    assert (info["host"], info["pid"], info["interval"]) == (socket.gethostname(), os.getpid(), 5.0)
+    assert info["running"] == []  # attempts: [{"run", "task", "attempt", "reply", "started"}]
+    assert info["beat"] >= info["started"]
 
 
 async def _equals(value: Any, expected: Any) -> bool:

@@ -35,7 +35,7 @@ async def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {check}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # wait-ok: polling interval, bounded by the deadline
 
 
 @pytest.fixture
