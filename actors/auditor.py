@@ -3,7 +3,8 @@
 It reads `jd.evt.>` through the durable consumer `jd_auditor` in batches bounded by size and time,
 stores each batch in one transaction and acks it (AckAll: one ack per batch) only after the commit.
 DuckDB lets one process open the file, so the auditor also answers queries over NATS
-(`jd.audit.<verb>`, request-reply): the CLI and every web process ask it.
+(`jd.audit.<verb>`, request-reply: sql, saved, prune, export, info, summary, task, tasks): the CLI
+and every web process ask it.
 
 The file is disposable. Where the stream's position and the file disagree (the file was deleted,
 or is older than the consumer's position), the consumer is recreated at the file's last event + 1
@@ -32,7 +33,7 @@ from nats.js.errors import NotFoundError
 from jetdag.engine import subjects as S
 from jetdag.engine.audit import query
 from jetdag.engine.audit.saved import SavedQuery, load_saved
-from jetdag.engine.audit.store import AuditStore, Message
+from jetdag.engine.audit.store import MAX_TASKS_PAGE, AuditStore, Message, decode_cursor
 from jetdag.engine.audit.summary import summarize
 from jetdag.engine.errors import JetdagError, NotFound
 from jetdag.engine.stores.defs import DefStore
@@ -96,6 +97,7 @@ class Auditor:
                     ("info", self._info),
                     ("summary", self._summary),
                     ("task", self._task),
+                    ("tasks", self._tasks),
                 )
             ]
             self.ready.set()
@@ -274,6 +276,27 @@ class Auditor:
         after, limit = int(request.get("after", 0)), max(1, min(int(request.get("limit", 100)), 1000))
         async with self._reading():
             return await asyncio.to_thread(self.store.task_audit, run_id, task, after, limit)
+
+    async def _tasks(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Task rows newest first, filtered and keyset-paged: `{"tasks": [...], "next": cursor or None}`."""
+        filters: dict[str, Any] = {}
+        for key in ("workflow", "task", "status", "worker"):
+            value = request.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{key!r} must be a string")
+            filters[key] = value or None
+        for key in ("since", "until"):
+            value = request.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ValueError(f"{key!r} must be epoch seconds")
+            filters[key] = value
+        token = request.get("cursor")
+        if token is not None and not isinstance(token, str):
+            raise ValueError("'cursor' must be a string given out as 'next'")
+        cursor = decode_cursor(token) if token else None
+        limit = max(1, min(int(request.get("limit", 100)), MAX_TASKS_PAGE))
+        async with self._reading():
+            return await asyncio.to_thread(self.store.tasks, **filters, cursor=cursor, limit=limit)
 
     async def _saved(self, request: dict[str, Any]) -> list[dict[str, str]]:
         return [{"name": q.name, "description": q.description, "sql": q.sql} for q in self.saved.values()]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Final
 
-VERSION: Final = 1
-"""Bumped when a table changes shape; an older file is rebuilt from JD_EVENTS."""
+VERSION: Final = 2
+"""Bumped when a table changes shape. A file of a version in MIGRATIONS is brought up to date in
+place (it may hold more history than JD_EVENTS still has); any other version is rebuilt from JD_EVENTS."""
 
 TABLES: Final = ("events", "runs", "tasks", "attempts", "workers", "files", "alerts")
 
@@ -56,6 +57,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at     TIMESTAMPTZ,
     error           VARCHAR,
     elapsed_ms      BIGINT GENERATED ALWAYS AS (date_diff('millisecond', first_queued_at, finished_at)) VIRTUAL,
+    -- Version 2, last so that a migrated file (ALTER TABLE … ADD COLUMN) has the same column order.
+    -- Kept here rather than joined from runs/attempts so the tasks page filters and pages one table.
+    workflow        VARCHAR,
+    worker_id       VARCHAR,         -- who ran the latest attempt
+    started_at      TIMESTAMPTZ,     -- when its first attempt started running
     PRIMARY KEY (run_id, task)
 );
 
@@ -102,3 +108,25 @@ CREATE TABLE IF NOT EXISTS alerts (   -- filled by the alerter
     sent_to  JSON
 );
 """
+
+MIGRATIONS: Final = {
+    1: """
+    ALTER TABLE tasks ADD COLUMN workflow VARCHAR;
+    ALTER TABLE tasks ADD COLUMN worker_id VARCHAR;
+    ALTER TABLE tasks ADD COLUMN started_at TIMESTAMPTZ;
+    UPDATE tasks SET workflow = runs.workflow FROM runs WHERE tasks.run_id = runs.run_id;
+    UPDATE tasks SET worker_id = a.worker_id, started_at = a.started_at
+    FROM (SELECT run_id, task, arg_max(worker_id, attempt) FILTER (WHERE worker_id IS NOT NULL) AS worker_id,
+                 min(started_at) AS started_at
+          FROM attempts GROUP BY run_id, task) AS a
+    WHERE tasks.run_id = a.run_id AND tasks.task = a.task;
+    """,
+}
+"""From a version to the next, applied in one transaction when a file is opened."""
+
+TASK_SORT: Final = "coalesce(finished_at, started_at, first_queued_at, TIMESTAMPTZ '1970-01-01 00:00:00+00')"
+"""The tasks page's order, newest first: when a task ended, else started, else was queued.
+
+No ART index serves it: DuckDB answers `ORDER BY … LIMIT n` with a top-n over a scan (an ART
+index only speeds point lookups and would slow every upsert), and the scan of one table of a
+million rows takes milliseconds (bench/tasks_page.py)."""

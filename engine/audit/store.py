@@ -8,6 +8,8 @@ therefore changes nothing, which is what makes redelivery and `kill -9` harmless
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
@@ -125,22 +127,45 @@ _APPLY = [
         finished_at = coalesce(excluded.finished_at, runs.finished_at),
         error = coalesce(excluded.error, runs.error)
     """,
-    # Tasks: the last transition wins; attempts count up.
+    # Tasks: the last transition wins; attempts count up. The workflow comes from the step event's row.
     """
-    INSERT INTO tasks (run_id, task, status, attempts, first_queued_at, finished_at, error)
-    SELECT run_id, task,
-           arg_max(status, id * 100000 + idx),
-           max(attempt),
-           to_timestamp(min(ts) FILTER (WHERE status = 'queued')),
-           to_timestamp(max(ts) FILTER (WHERE status IN ('succeeded', 'failed', 'skipped', 'cancelled', 'ignored'))),
-           arg_max(error, id * 100000 + idx) FILTER (WHERE error IS NOT NULL)
-    FROM b_steps WHERE task IS NOT NULL GROUP BY run_id, task
+    INSERT INTO tasks (run_id, task, status, attempts, first_queued_at, finished_at, error, workflow, started_at)
+    SELECT s.run_id, s.task,
+           arg_max(s.status, s.id * 100000 + s.idx),
+           max(s.attempt),
+           to_timestamp(min(s.ts) FILTER (WHERE s.status = 'queued')),
+           to_timestamp(max(s.ts) FILTER (
+               WHERE s.status IN ('succeeded', 'failed', 'skipped', 'cancelled', 'ignored'))),
+           arg_max(s.error, s.id * 100000 + s.idx) FILTER (WHERE s.error IS NOT NULL),
+           any_value(e.workflow),
+           to_timestamp(min(s.ts) FILTER (WHERE s.status = 'running'))
+    FROM b_steps AS s LEFT JOIN b_events AS e ON e.id = s.id
+    WHERE s.task IS NOT NULL GROUP BY s.run_id, s.task
     ON CONFLICT (run_id, task) DO UPDATE SET
         status = excluded.status,
         attempts = greatest(tasks.attempts, excluded.attempts),
         first_queued_at = coalesce(tasks.first_queued_at, excluded.first_queued_at),
         finished_at = coalesce(excluded.finished_at, tasks.finished_at),
-        error = coalesce(excluded.error, tasks.error)
+        error = coalesce(excluded.error, tasks.error),
+        workflow = coalesce(tasks.workflow, excluded.workflow),
+        started_at = least(tasks.started_at, excluded.started_at)
+    """,
+    # Tasks from the worker's reports: who ran the latest attempt. A fenced worker's late report of an
+    # older attempt does not replace the worker of a newer one. (A report that overtakes the step that
+    # queued its attempt creates the row; the step fills in the rest.)
+    """
+    INSERT INTO tasks (run_id, task, attempts, workflow, worker_id, started_at)
+    SELECT run_id, task, max(attempt), any_value(workflow),
+           arg_max(worker_id, attempt::BIGINT * 10000000000 + id), min(ts) FILTER (WHERE kind = 'task.started')
+    FROM b_events
+    WHERE kind IN ('task.started', 'task.succeeded', 'task.failed') AND task IS NOT NULL AND attempt IS NOT NULL
+          AND worker_id IS NOT NULL
+    GROUP BY run_id, task
+    ON CONFLICT (run_id, task) DO UPDATE SET
+        worker_id = CASE WHEN excluded.attempts >= coalesce(tasks.attempts, 0) THEN excluded.worker_id
+                         ELSE coalesce(tasks.worker_id, excluded.worker_id) END,
+        workflow = coalesce(tasks.workflow, excluded.workflow),
+        started_at = least(tasks.started_at, excluded.started_at)
     """,
     # Attempts from the engine's view: queued, running, and how each ended (retrying = this attempt failed).
     """
@@ -206,6 +231,29 @@ def _records(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+MAX_TASKS_PAGE = 500
+"""The most task rows one page holds."""
+
+TaskCursor = tuple[int, str, str]
+"""Where a page of tasks ends: (sort time in epoch µs, run_id, task)."""
+
+
+def encode_cursor(cursor: TaskCursor) -> str:
+    """An opaque, URL-safe token for a task page's cursor (callers pass it back, never build it)."""
+    return base64.urlsafe_b64encode(orjson.dumps(list(cursor))).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> TaskCursor:
+    """ValueError when `token` is not one `encode_cursor` made."""
+    try:
+        at, run_id, task = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, TypeError, binascii.Error):
+        raise ValueError(f"'cursor' {token!r} is not a cursor this API gave out") from None
+    if not (isinstance(at, int) and isinstance(run_id, str) and isinstance(task, str)):
+        raise ValueError(f"'cursor' {token!r} is not a cursor this API gave out")
+    return at, run_id, task
+
+
 _EXPORT_DAY = {
     "events": "ts",
     "runs": "coalesce(created_at, started_at)",
@@ -249,6 +297,8 @@ class AuditStore:
                 version = int(row[0]) if row else None
             except duckdb.CatalogException:
                 version = None
+        if existed and version is not None and version in schema.MIGRATIONS:
+            version = self._migrate(con, version)
         if existed and version != schema.VERSION:
             con.close()
             log.warning(
@@ -267,6 +317,22 @@ class AuditStore:
         self._con = con
         self.rebuilt = not existed
         return self
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection, version: int) -> int:
+        """Bring a file of an older schema up to date in place, one version per transaction: it may hold
+        more history than JD_EVENTS still has, so rebuilding it would lose that. The version it reached."""
+        while version in schema.MIGRATIONS:
+            log.warning("audit log %s has schema %s: migrating it to %s", self.path, version, version + 1)
+            con.execute("BEGIN")
+            try:
+                con.execute(schema.MIGRATIONS[version])
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", [str(version + 1)])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            version += 1
+        return version
 
     def close(self) -> None:
         if self._con is not None:
@@ -436,6 +502,62 @@ class AuditStore:
         more = len(events) > limit
         events = events[:limit]
         return {"attempts": attempts, "events": events, "next": events[-1]["id"] if more else None}
+
+    def tasks(
+        self,
+        *,
+        workflow: str | None = None,
+        task: str | None = None,
+        status: str | None = None,
+        worker: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: TaskCursor | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """One page of task rows, newest first (by `schema.TASK_SORT`), filtered; `next` is the cursor of
+        the page after it, or None.
+
+        Keyset-paged on (sort time in µs, run_id, task), which is unique and total: a deep page costs what
+        the first one does, where OFFSET would sort and skip everything before it. `since`/`until` are
+        epoch seconds bounding the sort time (since inclusive, until exclusive)."""
+        key = schema.TASK_SORT
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("workflow", workflow), ("task", task), ("status", status), ("worker_id", worker)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append(f"{key} >= to_timestamp(?)")
+            args.append(since)
+        if until is not None:
+            where.append(f"{key} < to_timestamp(?)")
+            args.append(until)
+        if cursor is not None:
+            where.append(f"(epoch_us({key}), run_id, task) < (?, ?, ?)")
+            args.extend(cursor)
+        limit = max(1, min(limit, MAX_TASKS_PAGE))
+        sql = f"""
+            SELECT run_id, workflow, task, status, attempts, worker_id AS worker, first_queued_at AS queued_at,
+                   started_at, finished_at,
+                   date_diff('millisecond', coalesce(started_at, first_queued_at), finished_at) AS duration_ms,
+                   error, epoch_us({key}) AS _at
+            FROM tasks {"WHERE " + " AND ".join(where) if where else ""}
+            ORDER BY _at DESC, run_id DESC, task DESC
+            LIMIT ?"""
+        cur = self.con.cursor()
+        try:
+            cur.execute(sql, [*args, limit + 1])
+            rows = _records(cur)
+        finally:
+            cur.close()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor((rows[-1]["_at"], rows[-1]["run_id"], rows[-1]["task"])) if more else None
+        for row in rows:
+            del row["_at"]
+        return {"tasks": rows, "next": next_cursor}
 
     def restore(self, source: Path) -> dict[str, int]:
         """Load an export (`export`'s directory) into this file, which must not be open elsewhere.

@@ -20,7 +20,7 @@ from ..helpers import eventually
 
 @handler("t_audit_sleep")
 async def nap(ctx: TaskContext) -> dict[str, Any]:
-    await asyncio.sleep(ctx.payload)
+    await asyncio.sleep(ctx.payload)  # wait-ok: a handler's simulated work
     ctx.audit(slept=ctx.payload)
     return {"slept": ctx.payload}
 
