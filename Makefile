@@ -4,7 +4,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint install clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test lint install browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +24,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check engine actors web tests bench
 	$(BIN)/mypy
 
-test: lint
+# The browser tests drive Debian's chromium through Playwright; Playwright's own download is never used.
+browser:
+	@test -x $(CHROMIUM) || { echo "installing chromium with apt-get (for the browser tests)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: lint browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 
 clean:

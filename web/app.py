@@ -10,13 +10,23 @@ from litestar import Litestar, Request, Response
 from litestar.openapi import OpenAPIConfig
 
 from jetdag.engine.client import Client
-from jetdag.engine.errors import AuditError, AuditUnavailable, NotFound
+from jetdag.engine.errors import AuditError, AuditUnavailable, ControlError, NotFound
 from jetdag.engine.subjects import DEFAULT_PARTITIONS
 
+from .api.alerts import list_alerts
 from .api.audit import run_sql, run_summary, saved_queries, task_audit
+from .api.control import CONTROL, control_error
+from .api.dead_letters import list_dead_letters, requeue_dead_letter
 from .api.health import health
+from .api.metrics import metrics
 from .api.runs import get_run, list_runs, start_run
-from .pages import index
+from .api.stream import stream
+from .api.tasks import list_tasks
+from .api.workers import list_workers
+from .api.workflows import apply_workflow, get_workflow, list_workflows
+from .live import Hub
+from .pages import PAGES
+from .templating import static_files, template_config
 
 
 def _not_found(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
@@ -38,9 +48,12 @@ def create_app(nats_url: str, *, partitions: int = DEFAULT_PARTITIONS) -> Litest
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.client = await Client.connect(nats_url, name="jetdag web")
         app.state.partitions = partitions
+        app.state.hub = Hub(app.state.client)  # one step-record subscription per process, shared by every SSE client
+        await app.state.hub.start()
         try:
             yield
         finally:
+            await app.state.hub.stop()
             await app.state.client.close()
 
     return Litestar(
@@ -53,9 +66,27 @@ def create_app(nats_url: str, *, partitions: int = DEFAULT_PARTITIONS) -> Litest
             saved_queries,
             run_summary,
             task_audit,
-            index,
+            list_workers,
+            list_workflows,
+            get_workflow,
+            apply_workflow,
+            *CONTROL,
+            list_tasks,
+            list_dead_letters,
+            requeue_dead_letter,
+            list_alerts,
+            metrics,
+            stream,
+            *PAGES,
+            static_files(),
         ],
+        template_config=template_config(),
         lifespan=[lifespan],
-        exception_handlers={NotFound: _not_found, AuditError: _audit_error, AuditUnavailable: _audit_error},
+        exception_handlers={
+            ControlError: control_error,
+            NotFound: _not_found,
+            AuditError: _audit_error,
+            AuditUnavailable: _audit_error,
+        },
         openapi_config=OpenAPIConfig(title="jetdag", version="1", path="/schema"),
     )

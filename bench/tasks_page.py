@@ -1,0 +1,172 @@
+"""The tasks page over a big audit log: p50/p95 of one page (store query + template) at several depths.
+
+The log is filled through `AuditStore.ingest` with messages written as the engine and workers write them
+(msgpack `run.submitted`, step records, `task.started`/`task.succeeded`/`task.failed`): runs of a
+10-task chain over 4 workflows and 8 workers, one attempt in 20 failing and retried. Then `/tasks` is
+rendered as the page handler does it (AuditStore.tasks, then Jinja on web/templates/tasks.html) for the
+first page, a filtered first page, and keyset pages deep in the log (cursors taken at 50 % and 95 %).
+
+    .venv/bin/python bench/tasks_page.py [--tasks 1000000] [--samples 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import jinja2
+import orjson
+from machine import machine
+
+from jetdag.engine.audit.store import AuditStore, Message, encode_cursor
+from jetdag.engine.events import RunSubmitted, TaskFailed, TaskStarted, TaskSucceeded, Transition
+from jetdag.engine.messages import encode_event, encode_step
+
+RESULTS = Path(__file__).parent / "results" / "tasks_page.jsonl"
+TEMPLATES = Path(__file__).parent.parent / "web" / "templates"
+TASKS_PER_RUN = 10
+WORKFLOWS = ("etl_daily", "reports", "ingest", "cleanup")
+PAGE = 50
+
+
+def run_events(r: int, t0: float) -> Iterator[tuple[str, bytes]]:
+    run = f"R{r:09d}"
+    subject = f"jd.evt.{r % 16}.{run}"
+    yield subject, encode_event(RunSubmitted(run, WORKFLOWS[r % len(WORKFLOWS)], 1, {"n": r}, t0))
+    yield f"{subject}.step", encode_step(run, 1, "running", [Transition(None, 0, "running", t0),
+                                                             Transition("t0", 1, "queued", t0)])  # fmt: skip
+    t, seq = t0, 1
+    for i in range(TASKS_PER_RUN):
+        worker = f"w{(r + i) % 8}"
+        attempt = 1
+        if (r * TASKS_PER_RUN + i) % 20 == 0:  # one attempt in 20 fails and is retried
+            yield subject, encode_event(TaskStarted(run, f"t{i}", 1, t + 0.001, worker))
+            yield subject, encode_event(TaskFailed(run, f"t{i}", 1, t + 0.02, "ValueError: flaky", worker, True))
+            seq += 1
+            yield f"{subject}.step", encode_step(run, seq, "running", [
+                Transition(f"t{i}", 1, "running", t + 0.001), Transition(f"t{i}", 1, "retrying", t + 0.02,
+                                                                         "ValueError: flaky"),
+                Transition(f"t{i}", 2, "queued", t + 0.03)])  # fmt: skip
+            t, attempt = t + 0.03, 2
+        yield subject, encode_event(TaskStarted(run, f"t{i}", attempt, t + 0.001, worker))
+        yield subject, encode_event(TaskSucceeded(run, f"t{i}", attempt, t + 0.01 + (i % 5) * 0.01, worker, {}))
+        seq += 1
+        done = t + 0.01 + (i % 5) * 0.01
+        transitions = [
+            Transition(f"t{i}", attempt, "running", t + 0.001),
+            Transition(f"t{i}", attempt, "succeeded", done),
+        ]
+        transitions.append(Transition(f"t{i + 1}", 1, "queued", done) if i + 1 < TASKS_PER_RUN
+                           else Transition(None, 0, "succeeded", done))  # fmt: skip
+        yield f"{subject}.step", encode_step(run, seq, "running", transitions)
+        t = done
+
+
+def batches(runs: int, size: int, t0: float) -> Iterator[list[Message]]:
+    batch: list[Message] = []
+    seq = 0
+    for r in range(runs):
+        for subject, data in run_events(r, t0 + r * 0.1):
+            seq += 1
+            batch.append(Message(seq, subject, data, t0))
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    runs = max(1, args.tasks // TASKS_PER_RUN)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
+    template = env.get_template("tasks.html")
+    request = SimpleNamespace(url=SimpleNamespace(path="/tasks"))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = AuditStore(Path(tmp) / "audit.duckdb").open()
+        t0 = time.time() - runs * 0.1
+        started, events, progress = time.perf_counter(), 0, time.monotonic()
+        for batch in batches(runs, 10_000, t0):
+            events += store.ingest(batch)
+            if time.monotonic() - progress > 15:
+                progress = time.monotonic()
+                print(f"  {events:>12,} events stored", flush=True)
+        fill_s = time.perf_counter() - started
+        rows = store.counts()["tasks"]
+
+        def key_at(fraction: float) -> tuple[int, str, str]:
+            # Setup only: the cursor a reader paging from the top would hold at this depth.
+            found = store.con.execute(
+                "SELECT epoch_us(coalesce(finished_at, started_at, first_queued_at)) AS k, run_id, task FROM tasks "
+                "ORDER BY k DESC, run_id DESC, task DESC LIMIT 1 OFFSET ?",
+                [int(rows * fraction)],
+            ).fetchone()
+            assert found is not None
+            return int(found[0]), str(found[1]), str(found[2])
+
+        cases: dict[str, dict[str, Any]] = {
+            "first page": {},
+            "first page, workflow + status": {"workflow": "reports", "status": "succeeded"},
+            "first page, worker + since 1 h": {"worker": "w3", "since": time.time() - 3600},
+            "keyset page at 50 %": {"cursor": key_at(0.5)},
+            "keyset page at 95 %": {"cursor": key_at(0.95)},
+            "keyset at 95 %, workflow": {"cursor": key_at(0.95), "workflow": "ingest"},
+        }
+        results: dict[str, dict[str, float]] = {}
+        for name, filters in cases.items():
+            latencies = []
+            for _ in range(args.samples):
+                began = time.perf_counter()
+                page = store.tasks(**filters, limit=PAGE)
+                html = template.render(request=request, tasks=page["tasks"], next_url=page["next"], error=None,
+                                       form={}, statuses=(), first_page=True, first_url="/tasks")  # fmt: skip
+                latencies.append(time.perf_counter() - began)
+            assert len(page["tasks"]) == PAGE and "<tr>" in html, name
+            results[name] = {"p50_ms": round(statistics.median(latencies) * 1000, 2),
+                             "p95_ms": round(percentile(latencies, 95) * 1000, 2)}  # fmt: skip
+        size_mb = (Path(tmp) / "audit.duckdb").stat().st_size / 2**20
+        store.close()
+    assert encode_cursor  # the cursor format the API gives out is the one measured here
+    return {
+        "bench": "tasks_page",
+        "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "tasks": rows,
+        "events": events,
+        "page": PAGE,
+        "samples": args.samples,
+        "fill_s": round(fill_s, 1),
+        "file_mb": round(size_mb),
+        "cases": results,
+        "machine": machine(),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=1_000_000, help="task rows in the log (default 1,000,000)")
+    parser.add_argument("--samples", type=int, default=50, help="renders timed per case")
+    parser.add_argument("--no-save", action="store_true", help=f"do not append to {RESULTS}")
+    args = parser.parse_args()
+    record = main(args)
+    if not args.no_save:
+        RESULTS.parent.mkdir(exist_ok=True)
+        with RESULTS.open("ab") as f:
+            f.write(orjson.dumps(record) + b"\n")
+    m = record["machine"]
+    print(f"tasks page: {record['tasks']:,} task rows ({record['events']:,} events, filled in {record['fill_s']} s, "
+          f"file {record['file_mb']} MB), {PAGE} rows a page, {args.samples} renders each")  # fmt: skip
+    print(f"  {'case':<34} {'p50 ms':>8} {'p95 ms':>8}")
+    for name, r in record["cases"].items():
+        print(f"  {name:<34} {r['p50_ms']:>8} {r['p95_ms']:>8}")
+    print(f"  on {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, Python {m['python']}")
