@@ -6,8 +6,10 @@ This is the composition root: the one module of `engine` that may import `actors
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import datetime as dt
+import getpass
 import io
 import logging
 import sys
@@ -19,8 +21,9 @@ import click
 import orjson
 
 from jetdag.engine.config import CONFIG_FILE, env_var, load_defaults
-from jetdag.engine.errors import ConfigError, JetdagError, NotFound
+from jetdag.engine.errors import ConfigError, JetdagError, RunWaitTimeout
 from jetdag.engine.home import find_nats
+from jetdag.engine.workers import HEARTBEAT, MIN_INTERVAL
 
 log = logging.getLogger("jetdag")
 
@@ -32,6 +35,10 @@ def opt(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[.
 
 
 nats_opt = opt("--nats", help="NATS URL; default: the one `jetdag up` wrote into the data dir.")
+replicas_opt = opt(
+    "--replicas", default=1, show_default=True, type=click.IntRange(1, 5),
+    help="Copies of each stream and KV bucket (3 on a 3-node cluster; see deploy/nats/).",
+)  # fmt: skip
 data_opt = opt("--data", default=".jetdag", show_default=True, type=click.Path(path_type=Path), help="Data dir.")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -40,9 +47,9 @@ def run_async(coro: Coroutine[Any, Any, int]) -> None:
     """Run `coro` and exit with its code; jetdag errors print their message and exit 2."""
     try:
         code = asyncio.run(coro)
-    except NotFound as exc:
+    except RunWaitTimeout as exc:  # the run goes on; only the wait ended
         click.echo(f"error: {exc}", err=True)
-        code = 2
+        code = 1
     except (JetdagError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         code = 2
@@ -99,6 +106,7 @@ def main(log_level: str) -> None:
 @data_opt
 @opt("--workflows", type=click.Path(path_type=Path, file_okay=False), help="Apply every definition in this dir.")
 @opt("--nats", help="Use this NATS instead of starting an embedded one.")
+@replicas_opt
 @opt("--no-examples", is_flag=True, help="Do not load the example workflows.")
 @opt("--queue", "queues", multiple=True, default=["default"], show_default=True, help="Queues the worker serves.")
 @opt("--concurrency", default=32, show_default=True, help="Tasks the worker runs at once.")
@@ -116,11 +124,12 @@ def up(**kw: Any) -> None:
 @nats_opt
 @data_opt
 @opt("--engine-id", help="Names this engine in leases; default host-pid.")
-def engine(nats: str | None, data: Path, engine_id: str | None) -> None:
+@replicas_opt
+def engine(nats: str | None, data: Path, engine_id: str | None, replicas: int) -> None:
     """The engine role alone: partitions, run actors and the submission inbox."""
     from jetdag.engine.launch import serve_roles
 
-    run_async(serve_roles(find_nats(nats, data), engine=True, queues=[], engine_id=engine_id))
+    run_async(serve_roles(find_nats(nats, data), engine=True, queues=[], engine_id=engine_id, replicas=replicas))
 
 
 @main.command()
@@ -129,12 +138,38 @@ def engine(nats: str | None, data: Path, engine_id: str | None) -> None:
 @opt("--queue", "queues", multiple=True, default=["default"], show_default=True, help="Queues to serve.")
 @opt("--import", "imports", multiple=True, help="Module(s) whose @handler functions this worker runs.")
 @opt("--concurrency", default=32, show_default=True, help="Tasks run at once.")
-def worker(nats: str | None, data: Path, queues: tuple[str, ...], imports: tuple[str, ...], concurrency: int) -> None:
+@replicas_opt
+@opt("--heartbeat", default=HEARTBEAT, show_default=True, type=click.FloatRange(min=MIN_INTERVAL),
+     help="Seconds between heartbeats; after 3 missed ones the engines presume this worker dead.")  # fmt: skip
+def worker(
+    nats: str | None, data: Path, queues: tuple[str, ...], imports: tuple[str, ...], concurrency: int, replicas: int,
+    heartbeat: float,
+) -> None:  # fmt: skip
     """The worker role alone: pulls tasks of its queues and runs their handlers."""
     from jetdag.engine.launch import import_handlers, serve_roles
 
     import_handlers(imports)
-    run_async(serve_roles(find_nats(nats, data), engine=False, queues=list(queues), concurrency=concurrency))
+    url = find_nats(nats, data)
+    run_async(
+        serve_roles(
+            url, engine=False, queues=list(queues), concurrency=concurrency, replicas=replicas, heartbeat=heartbeat
+        )
+    )
+
+
+@main.command()
+@nats_opt
+@data_opt
+@opt("--http", default="127.0.0.1:8080", show_default=True, help="Address to serve on (loopback only, for now).")
+def web(nats: str | None, data: Path, http: str) -> None:
+    """The web role alone: dashboard and HTTP API; run several behind a proxy, each fans out its own SSE."""
+    from jetdag.engine.launch import serve_web
+
+    with contextlib.suppress(ImportError):  # uvloop (uvicorn[standard]): SSE fan-out to thousands of browsers
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    run_async(serve_web(find_nats(nats, data), http))
 
 
 @main.command()
@@ -142,14 +177,14 @@ def worker(nats: str | None, data: Path, queues: tuple[str, ...], imports: tuple
 @data_opt
 @opt("--db", type=click.Path(path_type=Path, dir_okay=False), help="The DuckDB file; default DATA/audit.duckdb.")
 @opt("--retention-days", default=90.0, show_default=True, help="Forget finished runs older than this.")
-def auditor(nats: str | None, data: Path, db: Path | None, retention_days: float) -> None:
+@replicas_opt
+def auditor(nats: str | None, data: Path, db: Path | None, retention_days: float, replicas: int) -> None:
     """The auditor role alone: every event into the DuckDB audit log, and SQL over it. One per file."""
     from jetdag.engine.launch import serve_roles
 
     url = find_nats(nats, data)
-    run_async(
-        serve_roles(url, engine=False, queues=[], audit=db or data / "audit.duckdb", retention_days=retention_days)
-    )
+    audit = db or data / "audit.duckdb"
+    run_async(serve_roles(url, engine=False, queues=[], audit=audit, retention_days=retention_days, replicas=replicas))
 
 
 # --- the audit log --------------------------------------------------------------------------------
@@ -391,6 +426,103 @@ def status(run_id: str, summary: bool, nats: str | None, data: Path, as_json: bo
     run_async(go())
 
 
+# --- run control: exit 0 once the request is stored (the engine applies it), 2 for an unknown run or
+# an impossible request (ControlError), as `status` does for an unknown run.
+
+
+def _operator() -> str:
+    """Who asked, for the run's record: the login name, when there is one."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (a container without USER): the request is still fine
+        return ""
+
+
+def _control(verb: str, run_id: str, nats: str | None, data: Path, as_json: bool, **kw: Any) -> None:
+    async def go() -> int:
+        from jetdag.engine.client import Client
+
+        async with await Client.connect(find_nats(nats, data)) as client:
+            await getattr(client, verb)(run_id, by=_operator(), **kw)
+        print_json({"run_id": run_id, "requested": verb}) if as_json else click.echo(f"run {run_id}: {verb} requested")
+        return 0
+
+    run_async(go())
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default="", help="Why; kept in the run's error and the audit log.")
+@nats_opt
+@data_opt
+@json_opt
+def cancel(run_id: str, reason: str, nats: str | None, data: Path, as_json: bool) -> None:
+    """Cancel a run: its unfinished tasks are cancelled and running handlers are interrupted."""
+    _control("cancel", run_id, nats, data, as_json, reason=reason)
+
+
+@main.command()
+@click.argument("run_id")
+@nats_opt
+@data_opt
+@json_opt
+def pause(run_id: str, nats: str | None, data: Path, as_json: bool) -> None:
+    """Pause a run: nothing new is dispatched; running tasks finish."""
+    _control("pause", run_id, nats, data, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@nats_opt
+@data_opt
+@json_opt
+def resume(run_id: str, nats: str | None, data: Path, as_json: bool) -> None:
+    """Resume a paused run: every task that became ready is dispatched."""
+    _control("resume", run_id, nats, data, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("task")
+@click.option("--reason", default="", help="Why; kept in the audit log.")
+@nats_opt
+@data_opt
+@json_opt
+def ignore(run_id: str, task: str, reason: str, nats: str | None, data: Path, as_json: bool) -> None:
+    """Mark a failed task ignored: it counts as a success for its children, and the run goes on."""
+    _control("ignore", run_id, nats, data, as_json, task=task, reason=reason)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--from", "from_task", help="Run this task and everything downstream of it again; keep the rest.")
+@click.option("--wait", is_flag=True, help="Wait for the new run; exit 0 if it succeeded, 1 otherwise.")
+@click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 1).")
+@nats_opt
+@data_opt
+@json_opt
+def rerun(
+    run_id: str, from_task: str | None, wait: bool, timeout: float | None, nats: str | None, data: Path, as_json: bool
+) -> None:
+    """Start a new run of a finished run; prints the new run's id alone on the first line.
+
+    Without --from it runs the tasks that did not succeed and everything downstream of them."""
+
+    async def go() -> int:
+        from jetdag.engine.client import Client
+
+        async with await Client.connect(find_nats(nats, data)) as client:
+            new = await client.rerun(run_id, from_task)
+            click.echo(new)
+            if not wait:
+                return 0
+            view = await client.wait(new, timeout)
+        print_json(view) if as_json else _print_run(view)
+        return 0 if view["status"] == "succeeded" else 1
+
+    run_async(go())
+
+
 @main.command()
 @opt("--workflow", help="Only runs of this workflow.")
 @opt("--status", help="Only runs in this status (running, succeeded, failed, …).")
@@ -420,6 +552,33 @@ def runs(workflow: str | None, status: str | None, limit: int, nats: str | None,
     run_async(go())
 
 
+@main.command()
+@nats_opt
+@data_opt
+@json_opt
+def workers(nats: str | None, data: Path, as_json: bool) -> None:
+    """Workers by their heartbeats: queues, running tasks, age of the last beat, alive or presumed dead."""
+
+    async def go() -> int:
+        from jetdag.engine.client import Client
+
+        async with await Client.connect(find_nats(nats, data)) as client:
+            views = await client.workers()
+        if as_json:
+            print_json(views)
+            return 0
+        click.echo(f"{'WORKER':<36} {'HOST':<20} {'PID':>7}  {'QUEUES':<20} {'RUNNING':>7} {'LAST BEAT':>9}  STATE")
+        for w in views:
+            queues = ",".join(map(str, w["queues"]))
+            ident, host, pid = (str(w[k] if w[k] is not None else "-") for k in ("id", "host", "pid"))
+            click.echo(
+                f"{ident:<36} {host:<20} {pid:>7}  {queues:<20} {w['running']:>7} {w['age']:>8.1f}s  {w['state']}"
+            )
+        return 0
+
+    run_async(go())
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     def secs(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}s"
@@ -438,6 +597,8 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 def _print_run(view: dict[str, Any]) -> None:
     click.echo(f"run {view['run_id']}  workflow {view['workflow']}  {view['status']}")
+    if view.get("rerun_of"):
+        click.echo(f"  rerun of {view['rerun_of']}")
     if view.get("error"):
         click.echo(f"  error: {view['error']}")
     for name, task in view.get("tasks", {}).items():

@@ -3,27 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import time
+import uuid
 from typing import Any
 
+import msgpack
 import orjson
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError
+from nats.js.api import RawStreamMsg
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from jetdag.engine import subjects as S
+from jetdag.engine import templates
 from jetdag.engine.durations import parse_duration
-from jetdag.engine.errors import AuditError, AuditUnavailable, ConfigError, NotFound
+from jetdag.engine.errors import (
+    AuditError,
+    AuditUnavailable,
+    ConfigError,
+    ControlError,
+    JetdagError,
+    NotFound,
+    RunWaitTimeout,
+)
+from jetdag.engine.events import Event, RunCancel, RunPause, RunResume, RunSubmitted, TaskIgnore
 from jetdag.engine.ids import new_run_id
-from jetdag.engine.messages import MSG_ID, pack
+from jetdag.engine.messages import MSG_ID, command_id, encode_event, pack
 from jetdag.engine.model import WorkflowSpec
 from jetdag.engine.nats.setup import close, connect
-from jetdag.engine.state import RUN_DONE
+from jetdag.engine.run import rerun_done, why_not
+from jetdag.engine.state import RUN_DONE, RunState, TaskStatus
 from jetdag.engine.stores.defs import Applied, DefStore
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.views import run_view
+from jetdag.engine.workers import worker_view
 
 RUN_ID_HEADER = "Jd-Run-Id"
 DELAY_HEADER = "Jd-Delay"
@@ -32,6 +49,16 @@ TIME_HEADER = "Jd-Time"
 """A submission's logical time ({yyyy}… in templates): epoch seconds or ISO 8601."""
 META_HEADER = "Jd-Meta"
 """A submission's metadata ({meta:key} in templates): a JSON object."""
+
+
+def _already(verb: str, status: str) -> bool:
+    """The run is already where `verb` would take it: a retried request is not an error."""
+    return (verb, status) in {
+        ("cancel", "cancelled"),
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("resume", "pending"),
+    }
 
 
 class Client:
@@ -121,6 +148,84 @@ class Client:
             raise NotFound("run", run_id)
         return run_view(snapshot)
 
+    # --- run control (README "Run control") --------------------------------------------------------
+
+    async def cancel(self, run_id: str, reason: str = "", *, by: str = "", command_id: str | None = None) -> None:
+        """Cancel the run: its tasks not yet final are cancelled and running handlers interrupted.
+
+        NotFound for an unknown run; ControlError when it already succeeded or failed (cancelling a
+        cancelled run is fine and changes nothing). `command_id` makes a retried call one command.
+        """
+        await self._control(run_id, "cancel", RunCancel(run_id, time.time(), reason, by), command_id)
+
+    async def pause(self, run_id: str, *, reason: str = "", by: str = "", command_id: str | None = None) -> None:
+        """Stop dispatching the run's tasks (running ones finish); ControlError when it is over."""
+        await self._control(run_id, "pause", RunPause(run_id, time.time(), reason, by), command_id)
+
+    async def resume(self, run_id: str, *, by: str = "", command_id: str | None = None) -> None:
+        """Dispatch a paused run's ready tasks again; ControlError when it is over (a running run: nothing to do)."""
+        await self._control(run_id, "resume", RunResume(run_id, time.time(), by), command_id)
+
+    async def ignore(
+        self, run_id: str, task: str, *, reason: str = "", by: str = "", command_id: str | None = None
+    ) -> None:
+        """Mark a failed (or retrying) task `ignored`: it counts as a success for its children, and a run
+        that failed only because of it goes on. ControlError for any other task, or a cancelled or timed-out run."""
+        await self._control(run_id, "ignore", TaskIgnore(run_id, task, time.time(), reason, by), command_id, task)
+
+    async def _control(
+        self, run_id: str, verb: str, event: Event, caller_id: str | None, task: str | None = None
+    ) -> None:
+        view = await self.status(run_id)
+        statuses = {name: t["status"] for name, t in view["tasks"].items()}
+        why = why_not(verb, view["status"], statuses, task)
+        if why is not None:
+            if _already(verb, view["status"]):
+                return
+            raise ControlError(f"cannot {verb} run {run_id}: {why}")
+        subject = S.event_subject(S.partition_of(run_id), run_id)
+        headers = {MSG_ID: command_id(run_id, verb, caller_id or uuid.uuid4().hex)}
+        await self.js.publish(subject, encode_event(event), headers=headers)
+
+    async def rerun(self, run_id: str, from_task: str | None = None, *, new_id: str | None = None) -> str:
+        """Start a new run of the finished run's workflow (same version, params, logical time and metadata)
+        that runs `from_task` and its descendants, or without it the tasks that did not succeed and their
+        descendants; the rest is copied as succeeded with its results. Returns the new run's id.
+
+        NotFound for an unknown run; ControlError when it has not finished, its definition is gone, or
+        `from_task` is not one of its tasks. `new_id` makes a retried call start one run.
+        """
+        snapshot, _ = await self.runs.load(run_id)
+        if snapshot is None:
+            raise NotFound("run", run_id)
+        if snapshot["status"] not in RUN_DONE:
+            raise ControlError(
+                f"cannot rerun run {run_id}: it is still {snapshot['status']}; wait for it or cancel it first"
+            )
+        spec = await self._spec_of(run_id, snapshot)
+        done = rerun_done(run_id, spec, snapshot["tasks"], from_task)
+        new = new_id or new_run_id()
+        event = RunSubmitted(
+            new, snapshot["workflow"], snapshot["def_rev"], snapshot["params"], time.time(), spec=snapshot.get("spec"),
+            logical_time=snapshot.get("logical_time"), meta=snapshot.get("meta") or None, done=done or None,
+            rerun_of=run_id,
+        )  # fmt: skip
+        subject = S.event_subject(S.partition_of(new), new)
+        await self.js.publish(subject, encode_event(event), headers={MSG_ID: f"{new}:submit"})
+        return new
+
+    async def _spec_of(self, run_id: str, snapshot: dict[str, Any]) -> WorkflowSpec:
+        """The definition the run ran: its own (a single enqueued task) or its version in jd_defs."""
+        if snapshot.get("spec"):
+            return WorkflowSpec.from_dict(snapshot["spec"])
+        workflow, revision = snapshot["workflow"], snapshot["def_rev"]
+        try:
+            if revision < 1:  # it never started: its workflow was unknown
+                raise NotFound("workflow", workflow)
+            return (await self.defs.get(workflow, revision))[0]
+        except NotFound:
+            raise ControlError(f"cannot rerun run {run_id}: its definition {workflow}@{revision} is gone") from None
+
     async def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the run ends; its final view. TimeoutError after `timeout` seconds."""
 
@@ -130,7 +235,15 @@ class Client:
                     return run_view(snapshot)
             raise NotFound("run", run_id)
 
-        return await asyncio.wait_for(until_done(), timeout)
+        try:
+            return await asyncio.wait_for(until_done(), timeout)
+        except TimeoutError:
+            assert timeout is not None
+            snapshot, _ = await self.runs.load(run_id)
+            if snapshot is None:
+                raise RunWaitTimeout(run_id, timeout, "in the inbox", {}) from None
+            tasks = {name: t["status"] for name, t in snapshot["tasks"].items()}
+            raise RunWaitTimeout(run_id, timeout, snapshot["status"], tasks) from None
 
     async def audit(self, verb: str, request: dict[str, Any] | None = None, timeout: float = 70.0) -> Any:
         """Ask the auditor (`jd.audit.<verb>`); AuditError when it refuses or fails, AuditUnavailable when none runs."""
@@ -182,3 +295,171 @@ class Client:
             if len(out) >= limit:
                 break
         return out
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Every worker with a heartbeat in `jd_workers`, by id: queues, running attempts, age of the last
+        beat, and whether it is alive or presumed dead (`jetdag.engine.workers.worker_view`)."""
+        kv = await self.js.key_value(S.WORKERS_KV)
+        infos: list[dict[str, Any]] = []
+        for _ in range(3):
+            watcher = await kv.watchall()
+            try:
+                while (entry := await watcher.updates(timeout=5.0)) is not None:
+                    if entry.operation is None and entry.value:
+                        with contextlib.suppress(Exception):
+                            info = msgpack.unpackb(entry.value, raw=False)
+                            if isinstance(info, dict):
+                                infos.append(info)
+                    if not entry.delta:
+                        break
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+            # nats-py can signal "no more entries" before delivering the first one: ask again then.
+            if infos or (await kv.status()).values == 0:
+                break
+        now = time.time()
+        return sorted((worker_view(info, now) for info in infos), key=lambda w: str(w["id"]))
+
+    async def tasks(
+        self,
+        *,
+        workflow: str | None = None,
+        task: str | None = None,
+        status: str | None = None,
+        worker: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """Task rows of the audit log newest first: `{"tasks": [...], "next": cursor or None}`.
+
+        Filters are exact matches; `since`/`until` are epoch seconds; pass `next` back as `cursor`
+        for the following page (keyset-paged: a deep page costs what the first does). `limit` ≤ 500."""
+        request = {"workflow": workflow, "task": task, "status": status, "worker": worker, "since": since,
+                   "until": until, "cursor": cursor, "limit": limit}  # fmt: skip
+        result: dict[str, Any] = await self.audit("tasks", {k: v for k, v in request.items() if v is not None})
+        return result
+
+    async def dead_letters(
+        self, *, queue: str | None = None, before: int | None = None, limit: int = 50
+    ) -> dict[str, Any]:
+        """Dead letters of JD_DLQ newest first: `{"letters": [...], "next": seq or None}`.
+
+        `queue` keeps one queue's letters (`_invalid` for malformed messages); pass `next` back as
+        `before` for the following page (paged by stream sequence)."""
+        try:
+            state = (await self.js.stream_info(S.DLQ)).state
+        except NotFoundError:
+            return {"letters": [], "next": None}
+        subject = S.dlq_subject(queue) if queue else S.dlq_subject(">")
+        high = min(before - 1, state.last_seq) if before is not None else state.last_seq
+        # JetStream reads forward only (get "next by subject" skips gaps and other queues on the
+        # server): read windows back from `high`, each twice the last, until the page is full.
+        found: list[RawStreamMsg] = []
+        window = max(2 * limit, 64)
+        while high >= state.first_seq and len(found) <= limit:
+            low = max(state.first_seq, high - window + 1)
+            chunk: list[RawStreamMsg] = []
+            seq = low
+            while seq <= high:
+                try:
+                    msg = await self.js.get_msg(S.DLQ, seq=seq, subject=subject, next=True)
+                except NotFoundError:
+                    break
+                if msg.seq is None or msg.seq > high:
+                    break
+                chunk.append(msg)
+                seq = msg.seq + 1
+            found.extend(reversed(chunk))
+            high, window = low - 1, window * 2
+        page = [dead_letter_view(m) for m in found[:limit]]
+        return {"letters": page, "next": page[-1]["seq"] if len(found) > limit else None}
+
+    async def requeue(self, seq: int) -> dict[str, Any]:
+        """Run the dead task of letter `seq` again, then delete the letter: `{"seq", "run_id", "queue", "handler"}`.
+
+        A run's task that failed for good is settled: the engine applies no result to it any more
+        (re-running a run in place is run control's `rerun`). So requeueing runs the task again as a
+        run of its own, exactly as `enqueue` would: the same handler, queue and priority, and the
+        payload the dead attempt got (rendered again from the run's snapshot: same params, logical
+        time and upstream results). It goes through JD_INBOX to `jd.task.<queue>.<prio>` with a new
+        Nats-Msg-Id, gets the default retry policy, and its result lands in the new run (and the
+        audit log) while the dead run stays failed. NotFound for an unknown `seq`; RequeueRefused for
+        a letter that cannot run again (`_invalid` ones, or a run whose snapshot is gone)."""
+        try:
+            msg = await self.js.get_msg(S.DLQ, seq=seq)
+        except NotFoundError:
+            raise NotFound("dead letter", str(seq)) from None
+        letter = dead_letter_view(msg)
+        if letter["queue"] == S.INVALID_DLQ or letter["kind"] != "task.dead":
+            raise RequeueRefused(
+                f"dead letter {seq} is a malformed message ({letter.get('reason') or 'no reason given'}), not a task:"
+                " nothing can run it; fix it and publish it again by hand"
+            )
+        run_id, name = str(letter["run"]), str(letter["task"])
+        snapshot, _ = await self.runs.load(run_id)
+        if snapshot is None:
+            raise RequeueRefused(f"run {run_id} is gone from {S.RUNS_KV}: the dead task's payload cannot be rebuilt")
+        spec = None if "spec" in snapshot else (await self.defs.get(snapshot["workflow"], snapshot["def_rev"]))[0]
+        state = RunState.from_dict(snapshot, spec)
+        if state.spec is None or name not in state.spec.by_name:
+            raise RequeueRefused(f"run {run_id} has no task {name!r}")
+        task = state.spec.by_name[name]
+        payload = task.payload
+        if name in state.spec.templated:
+            scope = templates.Scope(
+                logical_time=dt.datetime.fromtimestamp(state.logical_time, dt.UTC),
+                params=state.params,
+                meta=state.meta or {},
+                results={n: t.result for n, t in state.tasks.items() if t.status is TaskStatus.SUCCEEDED},
+            )
+            try:
+                payload = templates.render(payload, scope)
+            except templates.TemplateError as exc:
+                raise RequeueRefused(f"the task's payload cannot be rendered, so it would fail again: {exc}") from None
+        new_run = new_run_id()
+        # The letter's sequence is the dedupe id: two requeues of one letter at once start one run.
+        headers = {MSG_ID: f"requeue:{seq}", RUN_ID_HEADER: new_run, PRIORITY_HEADER: str(task.priority)}
+        ack = await self.js.publish(S.enqueue_subject(task.queue, task.handler), pack(payload), headers=headers)
+        if ack.duplicate:
+            raise NotFound("dead letter", f"{seq} (already requeued)")
+        # Deleted only once the inbox holds the new run: a crash in between leaves the letter to retry.
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_msg(S.DLQ, seq)
+        return {"seq": seq, "run_id": new_run, "queue": task.queue, "handler": task.handler}
+
+
+class RequeueRefused(JetdagError):
+    """A dead letter that cannot be run again; the message says why."""
+
+
+def dead_letter_view(msg: RawStreamMsg) -> dict[str, Any]:
+    """One JD_DLQ message as the API shows it: a dead task's record, or a malformed message's reason."""
+    headers = msg.headers or {}
+    subject = msg.subject or ""
+    view: dict[str, Any] = {
+        "seq": msg.seq,
+        "queue": subject.removeprefix("jd.dlq."),
+        "time": msg.time.timestamp() if msg.time else None,
+        "kind": "invalid",
+        "reason": headers.get("Jd-Reason"),
+        "subject": headers.get("Jd-Subject"),
+        "size": len(msg.data or b""),
+    }
+    body: Any = None
+    with contextlib.suppress(Exception):
+        body = msgpack.unpackb(msg.data, raw=False) if msg.data else None
+    if view["queue"] != S.INVALID_DLQ and isinstance(body, dict) and body.get("k") == "task.dead":
+        view.update(
+            kind="task.dead",
+            reason=body.get("error"),
+            run=body.get("run"),
+            workflow=body.get("workflow"),
+            task=body.get("task"),
+            attempt=body.get("attempt"),
+            ts=body.get("ts"),
+        )
+    view["requeueable"] = view["kind"] == "task.dead"
+    return view

@@ -47,6 +47,11 @@ class NotFound(JetdagError):
         super().__init__(f"no {kind} named {name!r}")
 
 
+class ControlError(JetdagError):
+    """A run-control request that cannot apply to the run as it is: ignoring a task that did not fail,
+    rerunning a run that has not finished, rerunning from a task the run does not have."""
+
+
 class ConfigError(JetdagError):
     """A setting is invalid or the environment cannot run jetdag; the message says what to change."""
 
@@ -65,3 +70,12 @@ class AuditError(JetdagError):
 
 class AuditUnavailable(ConfigError):
     """No auditor answers: the audit log is served by `jetdag up` or `jetdag auditor`."""
+
+
+class RunWaitTimeout(JetdagError, TimeoutError):
+    """A run did not end within the time it was waited for; the message says where it stands."""
+
+    def __init__(self, run_id: str, timeout: float, status: str, tasks: dict[str, str]) -> None:
+        self.run_id, self.timeout, self.status, self.tasks = run_id, timeout, status, tasks
+        states = ", ".join(f"{name} {state}" for name, state in tasks.items()) or "no tasks yet"
+        super().__init__(f"run {run_id} is still {status} after {timeout:g}s ({states})")

@@ -1,7 +1,9 @@
 """Pull consumers the way jetdag needs them.
 
 `Puller` keeps a pull request outstanding and re-pulls at half, so a chain of tasks never waits
-for a batch to fill (nats-py's `fetch(n)` waits for n messages or its timeout). `Fetcher` takes
+for a batch to fill (nats-py's `fetch(n)` waits for n messages or its timeout). Its requests ask
+for idle heartbeats: a request lost on the way (a consumer leader that moved, a reconnect) is
+noticed after a few silent seconds and made again, instead of after it would have expired. `Fetcher` takes
 whatever is there right now (no_wait), for a worker serving priorities highest first.
 """
 
@@ -43,14 +45,15 @@ class Puller:
         *,
         batch: int = 256,
         expires: float = 10.0,
+        heartbeat: float = 1.0,
     ) -> None:
-        self.nc, self.on_msg, self.batch, self.expires = nc, on_msg, batch, expires
+        self.nc, self.on_msg, self.batch, self.expires, self.heartbeat = nc, on_msg, batch, expires, heartbeat
         self._subject = _next_subject(stream, consumer)
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
         self._outstanding = 0
         self._in_hand = 0
-        self._last_seen = time.monotonic()
+        self._heard = time.monotonic()  # the last message, status or heartbeat (or our last request)
         self._watchdog: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -82,7 +85,8 @@ class Puller:
         if want <= 0 or self._sub is None:
             return
         self._outstanding += want
-        request = {"batch": want, "expires": int(self.expires * 1e9)}
+        self._heard = time.monotonic()
+        request = {"batch": want, "expires": int(self.expires * 1e9), "idle_heartbeat": int(self.heartbeat * 1e9)}
         try:
             await self.nc.publish(self._subject, orjson.dumps(request), reply=self._inbox)
         except Exception as exc:  # reconnecting: the watchdog pulls again
@@ -90,7 +94,7 @@ class Puller:
             log.debug("pull request on %s failed: %s", self._subject, exc)
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._last_seen = time.monotonic()
+        self._heard = time.monotonic()
         status = msg.headers.get(_STATUS) if msg.headers else None
         if status is None:
             self._outstanding = max(0, self._outstanding - 1)
@@ -104,12 +108,15 @@ class Puller:
         elif status == "404":
             self._outstanding = 0
             await self._pull()
+        # "100" is an idle heartbeat: a request of ours is still waiting at the server.
 
     async def _watch(self) -> None:
-        # Requests die with a server restart or a reconnect: start over when nothing was heard for long.
+        # A waiting request is heard from every `heartbeat`; silence for three means none is waiting.
         while True:
-            await asyncio.sleep(self.expires)
-            if time.monotonic() - self._last_seen > self.expires * 1.5:
+            await asyncio.sleep(self.heartbeat)
+            silent = time.monotonic() - self._heard
+            if silent > 3 * self.heartbeat and self._in_hand < self.batch:
+                log.info("no answer to the pull on %s for %.1fs: pulling again", self._subject, silent)
                 self._outstanding = 0
                 await self._pull()
 

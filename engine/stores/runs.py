@@ -58,13 +58,27 @@ class RunStore:
                     break
         return []
 
-    async def watch(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
-        """The current snapshot (once it exists) and then each new one."""
+    async def watch(self, run_id: str, recheck: float = 2.0) -> AsyncIterator[dict[str, Any]]:
+        """The current snapshot (once it exists) and then each new one.
+
+        After `recheck` quiet seconds the key is read directly too: a KV watcher is an ephemeral
+        consumer, and one lost with a stream leader that moved takes nats-py two idle heartbeats
+        (10 s) to notice. Each revision is yielded once, whichever way it arrived.
+        """
         watcher = await self.kv.watch(run_id)
+        seen = 0
         try:
             while True:
-                entry = await watcher.updates(timeout=3600)
-                if entry is not None and entry.value:
+                try:
+                    entry = await watcher.updates(timeout=recheck)
+                except TimeoutError:
+                    snapshot, revision = await self.load(run_id)
+                    if snapshot is not None and revision > seen:
+                        seen = revision
+                        yield snapshot
+                    continue
+                if entry is not None and entry.value and (entry.revision or 0) > seen:
+                    seen = entry.revision or 0
                     yield msgpack.unpackb(entry.value, raw=False)
         finally:
             with contextlib.suppress(Exception, asyncio.CancelledError):
