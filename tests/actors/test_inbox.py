@@ -157,7 +157,12 @@ async def test_bad_priority_and_non_map_params_are_dead_lettered_and_the_next_su
     reasons = {m.headers["Jd-Subject"]: m.headers["Jd-Reason"] for m in letters if m.headers}
     assert "Jd-Priority" in reasons[enqueue] and "urgent" in reasons[enqueue]
     assert "expected a map, got list" in reasons[S.submit_subject(ECHO.name)]
-    assert (await js.stream_info(S.INBOX)).state.messages == 0  # rejected for good, not redelivered
+
+    async def inbox_empty() -> bool:  # the letter is written before the message is terminated
+        return (await js.stream_info(S.INBOX)).state.messages == 0
+
+    await eventually(inbox_empty)
+    assert (await js.consumer_info(S.INBOX, S.INBOX_CONSUMER)).num_redelivered == 0  # rejected for good
 
     good = await client.submit(ECHO.name, {"n": 1})
     assert (await client.wait(good, timeout=10))["status"] == "succeeded"
