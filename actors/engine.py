@@ -61,6 +61,7 @@ class Engine:
 
     async def _tend(self, leases: LeaseStore) -> None:
         me = self.ctx.engine_id
+        await self._renew(leases)
         target = len(self.held)  # when the roster cannot be read: keep what is held, take nothing new
         try:
             await leases.announce(me)
@@ -68,25 +69,39 @@ class Engine:
         except Exception as exc:
             log.warning("engine roster in %s: %s", S.LEASES_KV, exc)
         for p in range(self.ctx.partitions):
-            key = S.lease_key(p)
+            if p in self.held or len(self.held) >= target:
+                continue
             try:
-                if p in self.held:
-                    self.held[p] = await leases.renew(key, me, self.held[p])
-                    self._renewed[p] = time.monotonic()
-                elif len(self.held) < target and (revision := await leases.acquire(key, me)) is not None:
+                if (revision := await leases.acquire(S.lease_key(p), me)) is not None:
                     self.held[p], self._renewed[p] = revision, time.monotonic()
                     self.supervisor.start(f"partition-{p}", PartitionOwner(self.ctx, p).run, permanent=True)
                     log.info("engine %s owns partition %d", me, p)
-            except StaleOwner:
-                log.warning("engine %s lost partition %d to another engine", me, p)
-                await self._lose(p)
             except Exception as exc:
-                log.warning("lease %s: %s", key, exc)
-                # Unable to prove ownership: stop writing before the lease can lapse and pass on.
-                if p in self.held and time.monotonic() - self._renewed[p] > self.lease_ttl * 0.7:
-                    await self._lose(p)
+                log.warning("lease %s: %s", S.lease_key(p), exc)
         if len(self.held) > target:
             await self._hand_over(leases, max(self.held))
+
+    async def _renew(self, leases: LeaseStore) -> None:
+        """Renew every held lease at once: one after another, each waiting its turn in an event loop busy
+        with thousands of runs, sixteen renewals outlasted the TTL and the engine lost its own partitions."""
+        held, sent = list(self.held.items()), time.monotonic()
+        results = await asyncio.gather(
+            *(leases.renew(S.lease_key(p), self.ctx.engine_id, revision) for p, revision in held),
+            return_exceptions=True,
+        )
+        for (p, _), result in zip(held, results, strict=True):
+            if isinstance(result, int):
+                self.held[p], self._renewed[p] = result, sent
+            elif isinstance(result, StaleOwner):
+                log.warning(
+                    "engine %s lost partition %d: its lease lapsed or another engine took it", self.ctx.engine_id, p
+                )
+                await self._lose(p)
+            else:
+                log.warning("lease %s: %s", S.lease_key(p), result)
+                # Unable to prove ownership: stop writing before the lease can lapse and pass on.
+                if time.monotonic() - self._renewed[p] > self.lease_ttl * 0.7:
+                    await self._lose(p)
 
     async def _hand_over(self, leases: LeaseStore, partition: int) -> None:
         """Stop the partition, then free its lease for an engine below its share to take."""
