@@ -24,7 +24,7 @@ from jetdag.engine.errors import MessageRejected, NotFound
 from jetdag.engine.events import RunSubmitted
 from jetdag.engine.ids import derived_run_id
 from jetdag.engine.messages import MSG_ID, encode_event, unpack_map
-from jetdag.engine.model import TaskSpec, WorkflowSpec
+from jetdag.engine.model import one_task_spec
 from jetdag.engine.nats.pull import Puller
 
 from .context import EngineContext
@@ -102,11 +102,8 @@ class Inbox:
         payload = _unpack_any(subject, msg.data)
         priority = _priority(subject, headers.get(PRIORITY_HEADER))
         delay = _delay(subject, headers.get(DELAY_HEADER))
-        spec = WorkflowSpec(
-            name=handler,
-            tasks=(TaskSpec(name=handler, handler=handler, queue=queue, payload=payload, priority=priority),),
-        )
-        return RunSubmitted(run_id, handler, 0, {}, ts, spec=spec.to_dict(), not_before=ts + delay if delay else None)
+        spec = one_task_spec(handler, queue, payload, priority)
+        return RunSubmitted(run_id, handler, 0, {}, ts, spec=spec, not_before=ts + delay if delay else None)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 from typing import Any
 
 from jetdag.engine import templates
@@ -164,6 +164,8 @@ class WorkflowSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorkflowSpec:
+        """The spec `d` describes; `d` then serves as its `to_dict()` (the caller hands it over: a snapshot
+        or a message decoded for this alone), which spares every run actor a rebuild per snapshot."""
         tasks = tuple(
             TaskSpec(
                 **{
@@ -177,12 +179,27 @@ class WorkflowSpec:
             for t in d["tasks"]
         )
         rest = {k: v for k, v in d.items() if k not in ("tasks", "retry", "triggers")}
-        return cls(
+        spec = cls(
             tasks=tasks,
             retry=RetryPolicy(**d["retry"]) if d.get("retry") else RetryPolicy(),
             triggers=tuple(_trigger(t) for t in d.get("triggers", ())),
             **rest,
         )
+        spec.__dict__["_plain"] = d  # what cached_property would store
+        return spec
+
+
+def one_task_spec(handler: str, queue: str, payload: Any, priority: int) -> dict[str, Any]:
+    """The plain map of a workflow of one task (an enqueued handler call), as `WorkflowSpec.to_dict()`
+    gives it: built from a cached template, since every enqueued message needs one."""
+    template = _one_task_template(handler, queue, priority)
+    return {**template, "tasks": ({**template["tasks"][0], "payload": payload},)}
+
+
+@lru_cache(maxsize=1024)
+def _one_task_template(handler: str, queue: str, priority: int) -> dict[str, Any]:
+    task = TaskSpec(name=handler, handler=handler, queue=queue, priority=priority)
+    return _plain(WorkflowSpec(name=handler, tasks=(task,)))
 
 
 def _plain(value: Any) -> Any:
