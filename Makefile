@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test lint install browser clean
+.PHONY: run test lint install browser clean bench-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 install: $(STAMP)
+
+# What `jetdag bench` and the plots in bench/RESULTS.md need on top of the dev tools (bench/README.md).
+bench-deps: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
 
 run: $(STAMP)
 	$(BIN)/jetdag up

@@ -579,6 +579,81 @@ def workers(nats: str | None, data: Path, as_json: bool) -> None:
     run_async(go())
 
 
+# --- benchmarks ------------------------------------------------------------------------------------
+
+BENCH_WORKLOADS = {
+    "throughput": "throughput.py",
+    "chain": "chain.py",
+    "fanout": "fanout.py",
+    "runs": "runs.py",
+    "scale": "scale.py",
+    "live-runs": "live_runs.py",
+    "recovery": "recovery.py",
+    "audit": "audit.py",
+    "sse": "sse.py",
+    "tasks-page": "tasks_page.py",
+}
+
+
+def _bench_dir() -> Path:
+    """bench/ of the source checkout this package is installed (editable) from."""
+    import jetdag.engine
+
+    return Path(jetdag.engine.__file__).resolve().parents[1] / "bench"
+
+
+def _bench_summary(script: Path) -> str:
+    """The first line of the workload's docstring, read without importing it (its imports may be heavy)."""
+    import ast
+
+    try:
+        doc = ast.get_docstring(ast.parse(script.read_text()))
+    except (OSError, SyntaxError):
+        return "(not found)"
+    return doc.strip().splitlines()[0] if doc else ""
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("workload", required=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--list", "list_all", is_flag=True, help="List the workloads (also what no WORKLOAD does).")
+def bench(workload: str | None, args: tuple[str, ...], list_all: bool) -> None:
+    """Run a benchmark of bench/ (a source checkout): `jetdag bench WORKLOAD [its options, --json, --help]`.
+
+    Everything after WORKLOAD goes to it unchanged; the exit code is its own.
+    """
+    import signal
+    import subprocess
+
+    root = _bench_dir()
+    if not root.is_dir():
+        click.echo(f"error: jetdag bench runs from a source checkout: {root} not found", err=True)
+        sys.exit(2)
+    if list_all or workload is None:
+        width = max(map(len, BENCH_WORKLOADS))
+        for name, file in BENCH_WORKLOADS.items():
+            click.echo(f"{name:<{width}}  {_bench_summary(root / file)}")
+        click.echo("\nRun one: jetdag bench WORKLOAD [--json] [--no-save] [options]; its options: --help.")
+        return
+    module = BENCH_WORKLOADS.get(workload.replace("_", "-"))
+    if module is None:
+        click.echo(f"error: no workload {workload!r}; one of: {', '.join(BENCH_WORKLOADS)}", err=True)
+        sys.exit(2)
+    script = root / module
+    if not script.is_file():
+        click.echo(f"error: jetdag bench runs from a source checkout: {script} not found", err=True)
+        sys.exit(2)
+    proc = subprocess.Popen([sys.executable, str(script), *args])
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # the workload tears its processes down
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:  # the workload got the Ctrl-C too: let it tear its processes down
+            continue
+    sys.exit(128 - code if code < 0 else code)
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     def secs(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}s"
