@@ -19,6 +19,7 @@ import time
 from jetdag.engine import subjects as S
 from jetdag.engine.balance import share
 from jetdag.engine.errors import StaleOwner
+from jetdag.engine.nats.setup import farewell
 from jetdag.engine.stores.leases import LeaseStore
 
 from .context import EngineContext
@@ -52,12 +53,10 @@ class Engine:
                 await asyncio.sleep(self.lease_ttl / 3)
         finally:
             await self.supervisor.stop()
-            for p, revision in list(self.held.items()):  # hand over at once instead of after the TTL
-                with contextlib.suppress(Exception):
-                    await leases.release(S.lease_key(p), revision)
-            self.held.clear()
-            with contextlib.suppress(Exception):
-                await leases.withdraw(self.ctx.engine_id)
+            held, self.held = self.held, {}
+            # Hand the partitions over at once instead of after the TTL.
+            releases = [leases.release(S.lease_key(p), revision) for p, revision in held.items()]
+            await farewell(*releases, leases.withdraw(self.ctx.engine_id))
 
     async def _tend(self, leases: LeaseStore) -> None:
         me = self.ctx.engine_id

@@ -32,7 +32,7 @@ from jetdag.engine.events import Event, TaskFailed, TaskStarted, TaskSucceeded
 from jetdag.engine.handlers import Fail, Retry, TaskContext, call, get_handler, registered
 from jetdag.engine.messages import MSG_ID, TaskMessage, decode_task, encode_event, msg_id, pack
 from jetdag.engine.nats.pull import Fetcher
-from jetdag.engine.nats.setup import acked
+from jetdag.engine.nats.setup import acked, farewell
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.workers import HEARTBEAT, RunningTask, superseded
 
@@ -141,10 +141,12 @@ class Worker:
             finally:
                 ticker.cancel()
                 await asyncio.wait([ticker])  # no beat may land after the delete below
-            with contextlib.suppress(Exception):
-                await (await self.js.key_value(S.WORKERS_KV)).delete(self.id)
+            await farewell(self._leave())
             for fetcher in self._fetchers.values():
                 await fetcher.stop()
+
+    async def _leave(self) -> None:
+        await (await self.js.key_value(S.WORKERS_KV)).delete(self.id)
 
     def stop(self) -> None:
         """Stop taking tasks; `run()` returns after the running ones finish (or the drain timeout)."""
@@ -186,9 +188,17 @@ class Worker:
                 await self._slot.wait()
                 continue
             self._bell.clear()
+            if not self.nc.is_connected:
+                # Every fetch would wait out its timeout, one priority after another: wait for NATS instead.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._bell.wait()
+                continue
             got = 0
             fresh, self._fresh = self._fresh, set()
             for key in sorted(self._maybe, key=lambda k: -k[1]):
+                if self._stopping.is_set():
+                    break
                 rings = self._rings.get(key, 0)
                 # A bell can ring before JetStream lets consumers see the message: linger briefly then.
                 linger = LINGER if key in fresh else 0.0

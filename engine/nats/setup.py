@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +46,14 @@ async def connect(url: str, name: str) -> NATS:
     `url` may name several servers of one cluster, comma-separated; the client moves between them.
     """
 
+    last: dict[str, float] = {}
+
     async def on_error(exc: Exception) -> None:
-        log.warning("nats (%s): %s", name, exc)
+        # A server that is down fails every reconnect (twice a second): say so once a minute.
+        text = str(exc)
+        if time.monotonic() - last.get(text, -60.0) >= 60.0:
+            last[text] = time.monotonic()
+            log.warning("nats (%s): %s", name, text)
 
     return await nats.connect(
         server_list(url),
@@ -78,6 +84,15 @@ async def acked(
     finally:
         for future in futures:
             future.cancel()  # a no-op when done; frees nats-py's slot for a pending publish otherwise
+
+
+async def farewell(*goodbyes: Awaitable[Any], timeout: float = 2.0) -> None:
+    """Best-effort goodbyes of a stopping process (leases handed back, a roster or heartbeat key removed),
+    all at once and within `timeout`: with NATS gone each would wait out its request timeout and hold up
+    the shutdown. Whatever is not said lapses with its key's TTL."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*goodbyes, return_exceptions=True)
 
 
 async def close(nc: NATS, timeout: float = 2.0) -> None:
