@@ -90,6 +90,9 @@ class RunState:
     """Tasks not yet in a final state; derived on load, kept current by decide."""
     active: int = 0
     """Tasks queued or running; derived on load, kept current by decide."""
+    parents_done: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    """Per waiting task, how many of its parents (in `depends_on` order) are known to be done: a cache
+    of decide's, never stored, so a join's parents are each looked at once, not once per parent."""
     rerun_of: str | None = None
     """The run this one reruns (`jetdag rerun`), if any."""
 

@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,10 +20,12 @@ from jetdag.engine.events import (
     ScheduleDue,
     TaskDue,
     TaskFailed,
+    TaskIgnore,
     TaskStarted,
     TaskSucceeded,
 )
 from jetdag.engine.model import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
+from jetdag.engine.rules import Verdict, evaluate
 from jetdag.engine.run import decide
 from jetdag.engine.state import RunState, RunStatus, TaskStatus, new_run
 
@@ -218,6 +221,63 @@ def test_any_order_and_duplication_ends_where_the_clean_order_does(
         messy.deliver(0)
     assert outcome(messy.state) == outcome(clean.state)
     assert sorted(set(messy.dispatches)) == sorted(clean.dispatches), "an attempt was dispatched twice"
+
+
+def _judge_every_parent(state: RunState, child: TaskSpec, settled: TaskStatus) -> Verdict:
+    return evaluate(child.trigger_rule, (state.tasks[p].status for p in child.depends_on))
+
+
+def _run_and_revive(spec: WorkflowSpec, oracle: dict[tuple[str, int], bool], order: list[int]) -> World:
+    """Deliver in `order` (then in turn), and while the run failed, ignore its first failed task and go on."""
+    world = World(spec, lambda t, a: oracle[(t, a)])
+    for i in order:
+        if not world.pool:
+            break
+        world.deliver(i % len(world.pool))
+    world.run_in_order()
+    for _ in range(len(spec.tasks)):
+        failed = [n for n, t in world.state.tasks.items() if t.status is TaskStatus.FAILED]
+        if world.state.status is not RunStatus.FAILED or not failed:
+            break
+        world.pool.append(TaskIgnore(world.run_id, failed[0], world.now))
+        world.run_in_order()
+    return world
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workflows(), st.lists(st.integers(0, 1000), max_size=60))
+def test_judging_a_child_as_its_parents_settle_decides_as_judging_all_its_parents(
+    wf: tuple[WorkflowSpec, dict[tuple[str, int], bool]], order: list[int]
+) -> None:
+    spec, oracle = wf
+    fast = _run_and_revive(spec, oracle, order)
+    with mock.patch("jetdag.engine.run._judge", _judge_every_parent):
+        slow = _run_and_revive(spec, oracle, order)
+    assert outcome(fast.state) == outcome(slow.state)
+    assert fast.dispatches == slow.dispatches
+
+
+def test_a_wide_join_looks_at_each_parent_a_bounded_number_of_times() -> None:
+    width = 2000
+    parents = tuple(TaskSpec(f"p{i}", "noop", depends_on=("root",)) for i in range(width))
+    spec = WorkflowSpec(
+        "wide",
+        (TaskSpec("root", "noop"), *parents, TaskSpec("join", "noop", depends_on=tuple(p.name for p in parents))),
+    )
+    world = World(spec, lambda t, a: True)
+    looked = 0
+    real = evaluate
+
+    def counting(rule: TriggerRule, statuses: Any) -> Verdict:
+        nonlocal looked
+        statuses = list(statuses)
+        looked += len(statuses)
+        return real(rule, statuses)
+
+    with mock.patch("jetdag.engine.run.evaluate", counting):
+        world.run_in_order(limit=100_000)
+    assert world.state.status is RunStatus.SUCCEEDED
+    assert looked <= 2 * width, f"{looked} parent statuses looked at for a join of {width}"
 
 
 @settings(max_examples=200, deadline=None)
