@@ -100,6 +100,16 @@ _TRANSITION_COLUMNS = (
     '"status":"VARCHAR","ts":"DOUBLE","error":"VARCHAR"}'
 )
 
+# How a task row's times merge with a batch's (`excluded`: NULL where the batch says nothing), and
+# its sort time from the merged ones: an upsert's SET sees the row as it was, not as it sets it.
+_TASK_MERGED = {
+    "first_queued_at": "coalesce(tasks.first_queued_at, excluded.first_queued_at)",
+    "finished_at": "coalesce(excluded.finished_at, tasks.finished_at)",
+    "started_at": "least(tasks.started_at, excluded.started_at)",
+}
+_TASK_SORT_MERGED = schema.task_sort(_TASK_MERGED["finished_at"], _TASK_MERGED["started_at"],
+                                     _TASK_MERGED["first_queued_at"])  # fmt: skip
+
 # Each statement reads only the batch's new events (b_events / b_steps), so a batch applied
 # twice changes nothing. Transitions are ordered by (event id, index): stream order.
 _APPLY = [
@@ -128,35 +138,39 @@ _APPLY = [
         error = coalesce(excluded.error, runs.error)
     """,
     # Tasks: the last transition wins; attempts count up. The workflow comes from the step event's row.
-    """
-    INSERT INTO tasks (run_id, task, status, attempts, first_queued_at, finished_at, error, workflow, started_at)
-    SELECT s.run_id, s.task,
-           arg_max(s.status, s.id * 100000 + s.idx),
-           max(s.attempt),
-           to_timestamp(min(s.ts) FILTER (WHERE s.status = 'queued')),
-           to_timestamp(max(s.ts) FILTER (
-               WHERE s.status IN ('succeeded', 'failed', 'skipped', 'cancelled', 'ignored'))),
-           arg_max(s.error, s.id * 100000 + s.idx) FILTER (WHERE s.error IS NOT NULL),
-           any_value(e.workflow),
-           to_timestamp(min(s.ts) FILTER (WHERE s.status = 'running'))
-    FROM b_steps AS s LEFT JOIN b_events AS e ON e.id = s.id
-    WHERE s.task IS NOT NULL GROUP BY s.run_id, s.task
+    f"""
+    INSERT INTO tasks (run_id, task, status, attempts, first_queued_at, finished_at, error, workflow, started_at,
+                       sort_at)
+    SELECT *, {schema.TASK_SORT} FROM (
+        SELECT s.run_id, s.task,
+               arg_max(s.status, s.id * 100000 + s.idx),
+               max(s.attempt),
+               to_timestamp(min(s.ts) FILTER (WHERE s.status = 'queued')) AS first_queued_at,
+               to_timestamp(max(s.ts) FILTER (
+                   WHERE s.status IN ('succeeded', 'failed', 'skipped', 'cancelled', 'ignored'))) AS finished_at,
+               arg_max(s.error, s.id * 100000 + s.idx) FILTER (WHERE s.error IS NOT NULL),
+               any_value(e.workflow),
+               to_timestamp(min(s.ts) FILTER (WHERE s.status = 'running')) AS started_at
+        FROM b_steps AS s LEFT JOIN b_events AS e ON e.id = s.id
+        WHERE s.task IS NOT NULL GROUP BY s.run_id, s.task)
     ON CONFLICT (run_id, task) DO UPDATE SET
         status = excluded.status,
         attempts = greatest(tasks.attempts, excluded.attempts),
-        first_queued_at = coalesce(tasks.first_queued_at, excluded.first_queued_at),
-        finished_at = coalesce(excluded.finished_at, tasks.finished_at),
+        first_queued_at = {_TASK_MERGED["first_queued_at"]},
+        finished_at = {_TASK_MERGED["finished_at"]},
         error = coalesce(excluded.error, tasks.error),
         workflow = coalesce(tasks.workflow, excluded.workflow),
-        started_at = least(tasks.started_at, excluded.started_at)
+        started_at = {_TASK_MERGED["started_at"]},
+        sort_at = {_TASK_SORT_MERGED}
     """,
     # Tasks from the worker's reports: who ran the latest attempt. A fenced worker's late report of an
     # older attempt does not replace the worker of a newer one. (A report that overtakes the step that
     # queued its attempt creates the row; the step fills in the rest.)
-    """
-    INSERT INTO tasks (run_id, task, attempts, workflow, worker_id, started_at)
+    f"""
+    INSERT INTO tasks (run_id, task, attempts, workflow, worker_id, started_at, sort_at)
     SELECT run_id, task, max(attempt), any_value(workflow),
-           arg_max(worker_id, attempt::BIGINT * 10000000000 + id), min(ts) FILTER (WHERE kind = 'task.started')
+           arg_max(worker_id, attempt::BIGINT * 10000000000 + id), min(ts) FILTER (WHERE kind = 'task.started'),
+           {schema.task_sort("NULL", "min(ts) FILTER (WHERE kind = 'task.started')", "NULL")}
     FROM b_events
     WHERE kind IN ('task.started', 'task.succeeded', 'task.failed') AND task IS NOT NULL AND attempt IS NOT NULL
           AND worker_id IS NOT NULL
@@ -165,7 +179,8 @@ _APPLY = [
         worker_id = CASE WHEN excluded.attempts >= coalesce(tasks.attempts, 0) THEN excluded.worker_id
                          ELSE coalesce(tasks.worker_id, excluded.worker_id) END,
         workflow = coalesce(tasks.workflow, excluded.workflow),
-        started_at = least(tasks.started_at, excluded.started_at)
+        started_at = {_TASK_MERGED["started_at"]},
+        sort_at = {_TASK_SORT_MERGED}
     """,
     # Attempts from the engine's view: queued, running, and how each ended (retrying = this attempt failed).
     """
@@ -515,37 +530,44 @@ class AuditStore:
         cursor: TaskCursor | None = None,
         limit: int = 100,
     ) -> dict[str, Any]:
-        """One page of task rows, newest first (by `schema.TASK_SORT`), filtered; `next` is the cursor of
-        the page after it, or None.
+        """One page of task rows, newest first (by `tasks.sort_at`, see `schema.TASK_SORT`), filtered; `next`
+        is the cursor of the page after it, or None.
 
         Keyset-paged on (sort time in µs, run_id, task), which is unique and total: a deep page costs what
         the first one does, where OFFSET would sort and skip everything before it. `since`/`until` are
         epoch seconds bounding the sort time (since inclusive, until exclusive)."""
-        key = schema.TASK_SORT
         where: list[str] = []
         args: list[Any] = []
         for column, value in (("workflow", workflow), ("task", task), ("status", status), ("worker_id", worker)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
+        # Bounds on the bare column, so that zone maps skip the row groups outside them.
         if since is not None:
-            where.append(f"{key} >= to_timestamp(?)")
+            where.append("sort_at >= to_timestamp(?)")
             args.append(since)
         if until is not None:
-            where.append(f"{key} < to_timestamp(?)")
+            where.append("sort_at < to_timestamp(?)")
             args.append(until)
         if cursor is not None:
-            where.append(f"(epoch_us({key}), run_id, task) < (?, ?, ?)")
-            args.extend(cursor)
+            where.append("sort_at <= make_timestamptz(?::BIGINT) AND (epoch_us(sort_at), run_id, task) < (?, ?, ?)")
+            args.extend((cursor[0], *cursor))
         limit = max(1, min(limit, MAX_TASKS_PAGE))
+        # Ordered by the column itself, not by an expression of it: the top-n's dynamic filter then reaches
+        # the scan, which reads the row groups with the newest times first and skips the others. The
+        # duration is computed on the page alone: date_diff is costly, and every row the scan passes to
+        # the top-n would pay for it.
+        order = "ORDER BY sort_at DESC, run_id DESC, task DESC"
         sql = f"""
             SELECT run_id, workflow, task, status, attempts, worker_id AS worker, first_queued_at AS queued_at,
                    started_at, finished_at,
                    date_diff('millisecond', coalesce(started_at, first_queued_at), finished_at) AS duration_ms,
-                   error, epoch_us({key}) AS _at
-            FROM tasks {"WHERE " + " AND ".join(where) if where else ""}
-            ORDER BY _at DESC, run_id DESC, task DESC
-            LIMIT ?"""
+                   error, epoch_us(sort_at) AS _at
+            FROM (SELECT run_id, workflow, task, status, attempts, worker_id, first_queued_at, started_at,
+                         finished_at, error, sort_at
+                  FROM tasks {"WHERE " + " AND ".join(where) if where else ""}
+                  {order} LIMIT ?)
+            {order}"""
         cur = self.con.cursor()
         try:
             cur.execute(sql, [*args, limit + 1])
@@ -587,6 +609,8 @@ class AuditStore:
                         FROM read_parquet('{files}', hive_partitioning = {str(bool(day)).lower()})"""
                 ).fetchone()
                 loaded[table] = int(row[0]) if row else 0
+            # An export written before schema version 3 has no sort_at.
+            con.execute(f"UPDATE tasks SET sort_at = {schema.TASK_SORT} WHERE sort_at IS NULL")
         finally:
             con.close()
         return loaded

@@ -73,7 +73,7 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     store.ingest(chain_messages(3, 1_700_000_000.0))
     store.close()
     con = duckdb.connect(str(path))  # make it a version 1 file: the tasks table without the new columns
-    for column in ("workflow", "worker_id", "started_at"):
+    for column in ("workflow", "worker_id", "started_at", "sort_at"):
         con.execute(f"ALTER TABLE tasks DROP COLUMN {column}")
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
     con.close()
