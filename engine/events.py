@@ -52,6 +52,8 @@ class TaskSucceeded:
     ts: float
     worker: str = ""
     result: Any = None
+    started: float | None = None
+    """When the attempt began, for a result that comes without a task.started (see actors/worker.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,8 @@ class TaskFailed:
     retry_delay: float | None = None
     """The handler asked to be retried after this many seconds (raise Retry(delay=…))."""
     details: dict[str, Any] | None = None
+    started: float | None = None
+    """When the attempt began, for a result that comes without a task.started (see actors/worker.py)."""
 
 
 @dataclass(frozen=True, slots=True)

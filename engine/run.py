@@ -137,10 +137,19 @@ def _on_started(state: RunState, ev: TaskStarted, now: float, d: Decision) -> No
     d.transitions.append(Transition(ev.task, ev.attempt, TaskStatus.RUNNING.value, ev.ts))
 
 
+def _began(task: TaskState, ev: TaskSucceeded | TaskFailed, d: Decision) -> None:
+    """A result of an attempt not seen starting (a short task's start comes with its result): it ran from
+    `ev.started`, recorded as if its task.started had come first, so step records and audit show it."""
+    if task.status is TaskStatus.QUEUED and ev.started is not None:
+        task.status, task.started_at, task.worker = TaskStatus.RUNNING, ev.started, ev.worker
+        d.transitions.append(Transition(ev.task, ev.attempt, TaskStatus.RUNNING.value, ev.started))
+
+
 def _on_succeeded(state: RunState, ev: TaskSucceeded, now: float, d: Decision) -> None:
     task = _task_for(state, ev, now, d)
     if task is None or task.attempt != ev.attempt or task.status not in TASK_ACTIVE:
         return
+    _began(task, ev, d)
     task.status, task.finished_at, task.result, task.error = TaskStatus.SUCCEEDED, ev.ts, ev.result, None
     task.worker = ev.worker or task.worker
     state.active -= 1
@@ -153,6 +162,7 @@ def _on_failed(state: RunState, ev: TaskFailed, now: float, d: Decision) -> None
     if task is None or task.attempt != ev.attempt or task.status not in TASK_ACTIVE:
         return
     assert state.spec is not None
+    _began(task, ev, d)
     spec = state.spec.by_name[ev.task]
     policy = state.spec.retry_of(spec)
     task.error, task.worker = ev.error, ev.worker or task.worker

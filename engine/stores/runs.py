@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from jetdag.engine import subjects as S
 from jetdag.engine.errors import StaleOwner
+
+log = logging.getLogger(__name__)
 
 
 class RunStore:
@@ -72,7 +76,11 @@ class RunStore:
                 try:
                     entry = await watcher.updates(timeout=recheck)
                 except TimeoutError:
-                    snapshot, revision = await self.load(run_id)
+                    try:
+                        snapshot, revision = await self.load(run_id)
+                    except NatsError as exc:  # a server failing over: the watcher may still deliver
+                        log.debug("run %s: recheck failed: %s", run_id, exc)
+                        continue
                     if snapshot is not None and revision > seen:
                         seen = revision
                         yield snapshot

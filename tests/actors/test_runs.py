@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
 from jetdag.engine.definitions import load_file
+from jetdag.engine.errors import RunWaitTimeout
 from jetdag.engine.handlers import Fail, Retry, TaskContext, handler
 from jetdag.engine.model import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
 
@@ -246,3 +248,13 @@ async def test_a_run_keeps_its_version_when_the_workflow_is_reapplied_mid_run(cl
     later = await client.wait(await client.submit(v1.name), timeout=10)
     assert later["version"] == rev2
     assert set(later["tasks"]) == {"gate", "second"}
+
+
+async def test_a_wait_that_runs_out_says_where_the_run_stands(client: Client) -> None:
+    # A queue no worker serves: the run stays with its task queued.
+    spec = WorkflowSpec("t_waits_out", (TaskSpec("a", "noop", queue="nobody_serves_this"),))
+    await client.apply(spec)
+    run_id = await client.submit(spec.name)
+    with pytest.raises(RunWaitTimeout, match=rf"run {run_id} is still running after 0.5s \(a queued\)") as caught:
+        await client.wait(run_id, timeout=0.5)
+    assert isinstance(caught.value, TimeoutError)  # callers catching TimeoutError keep working
