@@ -3,6 +3,7 @@ chain, fanout and runs workloads through their real processes (nats-server, engi
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from tests.e2e.up_process import JETDAG, clean_env, jetdag
 from tests.helpers import eventually_sync
 
 RESULTS = cli._bench_dir() / "results"
-WORKLOADS = ["throughput", "chain", "fanout", "runs", "scale", "live-runs", "recovery", "audit", "sse", "tasks-page"]
+WORKLOADS = list(cli.BENCH_WORKLOADS)
 
 
 def results() -> dict[str, tuple[int, int]]:
@@ -147,3 +148,13 @@ def test_ctrl_c_stops_every_process_and_removes_the_temp_dir(tmp_path: Path) -> 
     assert "interrupted: every process stopped" in err.decode()
     assert processes(proc.pid, str(tmp_path)) == []
     assert list(tmp_path.glob("jetdag-bench-*")) == []
+
+
+def test_plot_draws_the_recorded_results_or_says_what_it_needs(tmp_path: Path) -> None:
+    done = bench(tmp_path, "plot", "--out", str(tmp_path / "plots"))
+    if importlib.util.find_spec("matplotlib") is None:  # `make test` installs the dev extra only
+        assert done.returncode == 2 and "make bench-deps" in done.stderr, done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    made = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert {"scale.png", "latency.png", "rates.png"} <= set(made), made
