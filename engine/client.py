@@ -36,9 +36,11 @@ from jetdag.engine.messages import MSG_ID, command_id, encode_event, pack
 from jetdag.engine.model import WorkflowSpec
 from jetdag.engine.nats.setup import close, connect
 from jetdag.engine.run import rerun_done, why_not
+from jetdag.engine.schedules import has_schedule, schedule_view
 from jetdag.engine.state import RUN_DONE, RunState, TaskStatus
 from jetdag.engine.stores.defs import Applied, DefStore
 from jetdag.engine.stores.runs import RunStore
+from jetdag.engine.stores.schedules import ScheduleStore
 from jetdag.engine.views import run_view
 from jetdag.engine.workers import worker_view
 
@@ -64,8 +66,10 @@ def _already(verb: str, status: str) -> bool:
 class Client:
     """Submit, enqueue, wait for and inspect runs. Use `async with await Client.connect(url)`."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, runs: RunStore, defs: DefStore) -> None:
-        self.nc, self.js, self.runs, self.defs = nc, js, runs, defs
+    def __init__(
+        self, nc: NATS, js: JetStreamContext, runs: RunStore, defs: DefStore, schedules: ScheduleStore
+    ) -> None:
+        self.nc, self.js, self.runs, self.defs, self.schedules = nc, js, runs, defs, schedules
 
     @classmethod
     async def connect(cls, url: str, name: str = "jetdag-client", timeout: float = 5.0) -> Client:
@@ -76,7 +80,7 @@ class Client:
             raise ConfigError(f"cannot reach NATS at {url} (tried for {timeout:g}s): is `jetdag up` running?") from None
         js = nc.jetstream()
         try:
-            return cls(nc, js, await RunStore.open(js), await DefStore.open(js))
+            return cls(nc, js, await RunStore.open(js), await DefStore.open(js), await ScheduleStore.open(js))
         except BucketNotFoundError:
             await close(nc)
             raise ConfigError(
@@ -95,6 +99,20 @@ class Client:
     async def apply(self, spec: WorkflowSpec) -> tuple[Applied, int]:
         """Register `spec` (a new version when it changed)."""
         return await self.defs.apply(spec)
+
+    async def schedule(self, workflow: str) -> dict[str, Any]:
+        """Whether the workflow's schedule is on, and when its clock fires next; NotFound for no such workflow."""
+        spec, _ = await self.defs.get(workflow)
+        return schedule_view(spec, await self.schedules.get(workflow), dt.datetime.now(dt.UTC))
+
+    async def toggle_schedule(self, workflow: str, enabled: bool | None = None, *, by: str = "") -> dict[str, Any]:
+        """Switch the workflow's schedule on or off (None: the other way round). While off, its triggers
+        start no runs; `submit` still does. ControlError when nothing but people starts its runs."""
+        spec, _ = await self.defs.get(workflow)
+        if not has_schedule(spec):
+            raise ControlError(f"workflow {workflow!r} has no schedule: no cron, file or message trigger starts it")
+        state = await self.schedules.set_enabled(workflow, enabled, by)
+        return schedule_view(spec, state, dt.datetime.now(dt.UTC))
 
     async def submit(
         self,
