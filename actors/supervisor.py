@@ -7,8 +7,25 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+async def cancel(*tasks: asyncio.Task[Any], owner: str = "", grace: float = 0.5) -> None:
+    """Cancel `tasks` and wait until every one has ended, cancelling again any still running after `grace`.
+
+    On 3.11 a cancellation that lands as an `asyncio.timeout()` inside the task expires can be lost
+    (fixed in 3.12, cpython#102780): a loop around such a timeout would then run on, and a plain
+    `task.cancel(); await task` would wait for it forever. A cancellation of the caller goes through.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            log.warning("%s: %s did not stop when cancelled; cancelling again", owner, task.get_name())
 
 
 @dataclass
@@ -103,10 +120,4 @@ class Supervisor:
             tasks = [self.children[n] for n in names if n in self.children and not self.children[n].done()]
             if not tasks:
                 return
-            for task in tasks:
-                task.cancel()
-            # Not suppressing CancelledError here: a cancellation of the caller itself must go through.
-            _, late = await asyncio.wait(tasks, timeout=0.5)
-            for task in late:
-                # Seen under load on 3.11: a child's cancellation got lost; ask again rather than hang.
-                log.warning("%s: %s did not stop when cancelled; cancelling again", self.name, task.get_name())
+            await cancel(*tasks, owner=self.name)

@@ -23,6 +23,7 @@ from jetdag.engine.workers import HEARTBEAT
 from .auditor import Auditor
 from .context import EngineContext
 from .engine import Engine
+from .supervisor import cancel
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,7 @@ class System:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task
             else:
-                task.cancel()
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await task
+                await cancel(task, owner="system")  # a role that failed was reported when it ended (_report)
         if self.nc is not None:
             await close(self.nc)
 

@@ -38,6 +38,7 @@ from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.workers import HEARTBEAT, RunningTask, superseded
 
 from .rejects import reject
+from .supervisor import cancel
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,7 @@ class Worker:
             try:
                 await self._drain()  # still beating: a draining worker is not presumed dead
             finally:
-                ticker.cancel()
-                await asyncio.wait([ticker])  # no beat may land after the delete below
+                await cancel(ticker, owner=f"worker {self.id}")  # no beat may land after the delete below
             await farewell(self._leave())
             for fetcher in self._fetchers.values():
                 await fetcher.stop()
@@ -275,10 +275,7 @@ class Worker:
             return
         log.info("worker %s: draining %d running task(s)", self.id, len(self.running))
         _, pending = await asyncio.wait(list(self.running), timeout=self.drain_timeout)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        await cancel(*pending, owner=f"worker {self.id}")
 
     async def _execute(self, msg: Msg) -> None:
         try:
