@@ -24,6 +24,7 @@ from .api.stream import stream
 from .api.tasks import list_tasks
 from .api.workers import list_workers
 from .api.workflows import apply_workflow, get_workflow, list_workflows
+from .csrf import CrossOriginProtection
 from .live import Hub
 from .pages import PAGES
 from .templating import static_files, template_config
@@ -82,6 +83,7 @@ def create_app(nats_url: str, *, partitions: int = DEFAULT_PARTITIONS) -> Litest
         ],
         template_config=template_config(),
         lifespan=[lifespan],
+        middleware=[CrossOriginProtection()],  # no login yet: other sites' pages must not post here
         exception_handlers={
             ControlError: control_error,
             NotFound: _not_found,

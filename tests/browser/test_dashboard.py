@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
+import nats
 import orjson
 from playwright.sync_api import expect
 
+from jetdag.engine import subjects as S
 from tests.e2e.up_process import Up
 
 RUN_URL = re.compile(r"/runs/[0-9A-Z]{26}$")
@@ -36,6 +42,57 @@ def test_a_task_turns_green_on_the_run_page_without_a_reload(up: Up, page: Any) 
     expect(page.locator("#node-last")).to_have_class(has("succeeded"), timeout=5_000)
     expect(page.locator("#run-status")).to_have_class(has("succeeded"))
     assert page.evaluate("window.__same_page") is True
+
+
+def report_progress(up: Up, run_id: str, task: str, data: dict[str, Any]) -> None:
+    """Publish what a handler's `ctx.progress(...)` would, as its worker does (core NATS, msgpack)."""
+    body = {"v": 1, "k": "task.progress", "run": run_id, "task": task, "attempt": 1, "ts": time.time(),
+            "worker": "browser-test", "data": data}  # fmt: skip
+    subject = S.event_subject(S.partition_of(run_id), run_id) + ".info"
+
+    async def send() -> None:
+        nc = await nats.connect(up.nats)
+        try:
+            await nc.publish(subject, msgpack.packb(body))
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    # Playwright's sync API holds an event loop in this thread: NATS gets a thread of its own.
+    thread = threading.Thread(target=asyncio.run, args=(send(),))
+    thread.start()
+    thread.join(10)
+
+
+def test_new_runs_and_progress_show_live_and_other_sites_cannot_cancel(up: Up, page: Any, screenshots: Path) -> None:
+    page.goto(f"{up.http}workflows/browsertest")
+    page.evaluate("window.__same_page = true")
+    run_id = submit(up, 30.0)
+    link = page.locator(f"#workflow-runs a[href='/runs/{run_id}']")
+    expect(link).to_be_visible(timeout=10_000)  # the recent runs table, updated over SSE
+    assert page.evaluate("window.__same_page") is True
+    link.click()
+    page.wait_for_url(RUN_URL)
+    expect(page.locator("#t-nap .state")).to_have_text("running", timeout=10_000)
+    report_progress(up, run_id, "nap", {"done": 2, "total": 8, "message": "napping"})
+    expect(page.locator("#p-nap")).to_have_text("2/8 (25%) napping", timeout=5_000)
+    expect(page.locator("#p-nap progress")).to_have_attribute("value", "25.0")
+    report_progress(up, run_id, "nap", {"done": 6, "total": 8})
+    expect(page.locator("#p-nap")).to_have_text("6/8 (75%)", timeout=5_000)
+    page.screenshot(path=str(screenshots / "run-progress-light.png"), full_page=True)
+
+    # Another site's page posts a form to the cancel endpoint: the browser says so, and jetdag refuses.
+    other = page.context.new_page()
+    other.set_content(f'<form id="f" method="post" action="{up.http}api/v1/runs/{run_id}/cancel"></form>')
+    with other.expect_navigation():
+        other.evaluate("document.getElementById('f').submit()")
+    assert "cross-origin request refused" in other.content()
+    assert up.json("status", run_id)["status"] == "running"
+
+    # A script (no Origin) may: the page turns cancelled and the progress goes with the running task.
+    assert httpx.post(f"{up.http}api/v1/runs/{run_id}/cancel", timeout=10).status_code == 202
+    expect(page.locator("#run-status")).to_have_class(has("cancelled"), timeout=10_000)
+    expect(page.locator("#p-nap")).to_be_empty()
 
 
 def test_run_now_starts_a_run_with_the_form_params_and_lands_on_its_page(up: Up, page: Any) -> None:

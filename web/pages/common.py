@@ -13,6 +13,7 @@ from markupsafe import Markup
 from jetdag.engine.client import Client
 from jetdag.engine.errors import NotFound
 from jetdag.engine.model import WorkflowSpec
+from jetdag.engine.run import why_not
 from jetdag.engine.state import RunStatus, TaskStatus
 from jetdag.engine.views import run_view
 from jetdag.web import dag
@@ -100,19 +101,54 @@ async def load_run(client: Client, run_id: str) -> tuple[dict[str, Any] | None, 
     return view, spec
 
 
-def run_context(run_id: str, view: dict[str, Any] | None, spec: WorkflowSpec | None) -> dict[str, Any]:
-    """Everything _run_live.html shows: the run, its DAG coloured by task state, and one row per task."""
+def _figure(x: float) -> str:
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}".rstrip("0")
+
+
+def progress_view(p: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A task's latest progress (Hub.progress_of) as shown: `pct` for a bar (None without a total), `figures`
+    like `3/10 (30%)`, and the handler's message; None for no progress."""
+    if not p:
+        return None
+    done, total = p.get("done"), p.get("total")
+    pct = None
+    figures = ""
+    if done is not None and total:
+        pct = max(0.0, min(100.0, done * 100 / total))
+        figures = f"{_figure(done)}/{_figure(total)} ({pct:.0f}%)"
+    elif done is not None:
+        figures = _figure(done)
+    if pct is None and not figures and not p.get("message"):
+        return None
+    return {"pct": None if pct is None else round(pct, 1), "figures": figures, "message": p.get("message") or ""}
+
+
+def run_context(
+    run_id: str,
+    view: dict[str, Any] | None,
+    spec: WorkflowSpec | None,
+    progress: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Everything _run_live.html shows: the run, its DAG coloured by task state, and one row per task (with
+    the latest `progress` of its running attempt, from Hub.progress_of)."""
     if view is None:
         return {"run_id": run_id, "run": None, "svg": "", "rows": []}
     tasks: dict[str, dict[str, Any]] = view["tasks"]
+    progress = progress or {}
     # Without its spec (an unknown version) the run is still drawn: its tasks, unconnected.
     graph = deps(spec) if spec is not None else {name: () for name in tasks}
     statuses = {name: t["status"] for name, t in tasks.items()}
     svg = Markup(dag.svg(dag.layout(graph), statuses, href="#t-{task}"))  # dag.svg escapes every name
     now = time.time()
+    failed_run = view["status"] == RunStatus.FAILED
     rows = []
     for name in graph:
         t = tasks.get(name, {"status": TaskStatus.WAITING.value, "attempts": 0})
+        p = progress.get(name)
+        current = t["status"] == TaskStatus.RUNNING and p is not None and p["attempt"] == t["attempts"]
+        # The engine's own rule, so the button shows exactly when the engine would take it (not on a
+        # cancelled or timed-out run); on a failed run ignoring its failed task resumes the run.
+        ignorable = name in statuses and why_not("ignore", view["status"], statuses, name) is None
         rows.append(
             {
                 "name": name,
@@ -122,6 +158,8 @@ def run_context(run_id: str, view: dict[str, Any] | None, spec: WorkflowSpec | N
                 "worker": t.get("worker") or "",
                 "error": t.get("error") or "",
                 "tail": tail(t.get("result")),
+                "progress": progress_view(p) if current else None,
+                "ignore": ("resume" if failed_run else "ignore") if ignorable else None,
             }
         )
     run = {

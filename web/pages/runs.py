@@ -12,7 +12,7 @@ from litestar.response import ServerSentEvent, Template
 from jetdag.engine.client import Client
 from jetdag.web.live import Hub, fragment_stream
 
-from .common import RUN_STATES, load_run, render, run_context, run_row, workflow_names
+from .common import RUN_STATES, load_run, progress_view, render, run_context, run_row, workflow_names
 
 LIST_LIMIT = 100
 
@@ -57,20 +57,28 @@ async def runs_live(
 
 @get("/runs/{run_id:str}", include_in_schema=False)
 async def run_page(state: State, run_id: FromPath[str]) -> Template:
+    hub: Hub = state.hub
     view, spec = await load_run(state.client, run_id)
+    context = run_context(run_id, view, spec, hub.progress_of(run_id))
     # An unknown id is a 404, but the page still listens: a run just submitted appears once its engine takes it.
-    return Template(template_name="run.html", context=run_context(run_id, view, spec), status_code=200 if view else 404)
+    return Template(template_name="run.html", context=context, status_code=200 if view else 404)
 
 
 @get("/live/runs/{run_id:str}", include_in_schema=False)
 async def run_live(state: State, request: Request[Any, Any, Any], run_id: FromPath[str]) -> ServerSentEvent:
-    """The run's live fragment (status, controls, DAG, tasks), sent at once and after each of its step records."""
+    """The run's live fragment (status, controls, DAG, tasks), sent at once and after each of its step records;
+    between steps, `progress` events carry the tasks' latest progress (spans swapped in by id)."""
     client: Client = state.client
+    hub: Hub = state.hub
 
     async def fragment() -> str | None:
         view, spec = await load_run(client, run_id)
         if view is None:
             return None
-        return render(request, "_run_live.html", run_context(run_id, view, spec))
+        return render(request, "_run_live.html", run_context(run_id, view, spec, hub.progress_of(run_id)))
 
-    return ServerSentEvent(fragment_stream(state.hub, fragment, event="run", run=run_id))
+    async def progress(moved: dict[str, dict[str, Any] | None]) -> str:
+        shown = [(task, progress_view(p)) for task, p in moved.items()]
+        return render(request, "_progress_oob.html", {"moved": shown})
+
+    return ServerSentEvent(fragment_stream(hub, fragment, event="run", run=run_id, progress=progress))

@@ -22,6 +22,7 @@ from jetdag.web.live import Hub, fragment_stream
 from .common import deps, render, run_row, triggers
 
 DOTS = 12  # last runs shown per workflow
+RECENT_RUNS = 10  # on a workflow's own page
 RECENT = 500  # runs read to find them: one scan for every workflow instead of one per workflow
 
 
@@ -80,15 +81,23 @@ def param_value(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
+async def _spec(client: Client, name: str) -> tuple[WorkflowSpec, int]:
+    try:
+        return await client.defs.get(name)
+    except NotFound:
+        raise NotFoundException(f"no workflow {name!r}") from None
+
+
+async def _recent_runs(client: Client, workflow: str) -> list[dict[str, Any]]:
+    return [run_row(r) for r in await client.runs_list(workflow=workflow, limit=RECENT_RUNS)]
+
+
 @get("/workflows/{name:str}", include_in_schema=False)
 async def workflow_page(state: State, name: FromPath[str]) -> Template:
     client: Client = state.client
-    try:
-        spec, version = await client.defs.get(name)
-    except NotFound:
-        raise NotFoundException(f"no workflow {name!r}") from None
+    spec, version = await _spec(client, name)
     text, fmt = definition(spec)
-    runs = [run_row(r) for r in await client.runs_list(workflow=spec.name, limit=10)]
+    runs = await _recent_runs(client, spec.name)
     context = {
         "spec": spec,
         "title": spec.title or spec.name,
@@ -101,3 +110,16 @@ async def workflow_page(state: State, name: FromPath[str]) -> Template:
         "runs": runs,
     }
     return Template(template_name="workflow.html", context=context)
+
+
+@get("/live/workflows/{name:str}", include_in_schema=False)
+async def workflow_live(state: State, request: Request[Any, Any, Any], name: FromPath[str]) -> ServerSentEvent:
+    """The workflow's recent runs, re-rendered after step records of its runs (at most once a second)."""
+    client: Client = state.client
+    hub: Hub = state.hub
+    spec, _ = await _spec(client, name)  # its id: the name in the URL may be the title, runs carry the id
+
+    async def table() -> str:
+        return render(request, "_runs_table.html", {"runs": await _recent_runs(client, spec.name)})
+
+    return ServerSentEvent(fragment_stream(hub, table, event="runs", workflow=spec.name, min_interval=1.0))
