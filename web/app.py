@@ -20,6 +20,7 @@ from .api.dead_letters import list_dead_letters, requeue_dead_letter
 from .api.health import health
 from .api.metrics import metrics
 from .api.runs import get_run, list_runs, start_run
+from .api.schedules import get_schedule, toggle_schedule
 from .api.stream import stream
 from .api.tasks import list_tasks
 from .api.workers import list_workers
@@ -71,6 +72,8 @@ def create_app(nats_url: str, *, partitions: int = DEFAULT_PARTITIONS) -> Litest
             list_workflows,
             get_workflow,
             apply_workflow,
+            get_schedule,
+            toggle_schedule,
             *CONTROL,
             list_tasks,
             list_dead_letters,

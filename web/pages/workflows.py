@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from litestar import Request, get
+from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
@@ -16,6 +16,7 @@ from jetdag.engine.client import Client
 from jetdag.engine.definitions.export import to_yaml
 from jetdag.engine.errors import NotFound
 from jetdag.engine.model import WorkflowSpec
+from jetdag.engine.schedules import has_schedule
 from jetdag.web import dag
 from jetdag.web.live import Hub, fragment_stream
 
@@ -40,6 +41,7 @@ async def _rows(client: Client) -> list[dict[str, Any]]:
             continue  # deleted between the listing and the read
         rows.append(
             {
+                "schedule": await client.schedule(spec.name) if has_schedule(spec) else None,
                 "name": spec.name,
                 "title": spec.title or spec.name,
                 "description": spec.description,
@@ -108,8 +110,17 @@ async def workflow_page(state: State, name: FromPath[str]) -> Template:
         "svg": Markup(dag.svg(dag.layout(deps(spec)))),  # dag.svg escapes every name
         "params": [(k, param_value(v)) for k, v in spec.params.items()],
         "runs": runs,
+        "schedule": await client.schedule(spec.name) if has_schedule(spec) else None,
     }
     return Template(template_name="workflow.html", context=context)
+
+
+@post("/workflows/{name:str}/schedule", include_in_schema=False, status_code=200)
+async def workflow_schedule(state: State, name: FromPath[str]) -> Template:
+    """The dashboard's schedule switch: flips it (`POST /api/v1/schedules/{name}/toggle`), answers the fragment."""
+    client: Client = state.client
+    schedule = await client.toggle_schedule(name, by="dashboard")
+    return Template(template_name="_schedule.html", context={"s": schedule})
 
 
 @get("/live/workflows/{name:str}", include_in_schema=False)
