@@ -114,19 +114,22 @@ def plot_rates(plt: Any, out: Path) -> Path | None:
 
 
 def plot_compare(plt: Any, out: Path) -> Path | None:
-    rows = records("compare")
-    if not rows:
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records("compare"):  # the latest record of each workload
+        if record.get("workload") and record.get("systems"):
+            latest[record["workload"]] = record
+    if not latest:
         return None
-    latest = rows[-1]
-    systems = latest.get("systems") or []
-    named = [(s.get("system"), s.get("value")) for s in systems if isinstance(s, dict)]
-    named = [(n, v) for n, v in named if n and isinstance(v, int | float)]
-    if not named:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.bar([n for n, _ in named], [v for _, v in named], 0.6)
-    ax.set_ylabel(str(latest.get("figure", "")))
-    ax.set_title(f"{latest.get('workload', '')}: jetdag and its peers, {label(latest)}")
+    fig, axes = plt.subplots(1, len(latest), figsize=(3.2 * len(latest), 3.6), squeeze=False)
+    for ax, record in zip(axes[0], latest.values(), strict=True):
+        named = [(s["system"], s["value"]) for s in record["systems"] if isinstance(s.get("value"), int | float)]
+        colors = ["tab:green" if n == "jetdag" else "tab:gray" for n, _ in named]
+        ax.bar([n for n, _ in named], [v for _, v in named], 0.6, color=colors)
+        better = "higher" if record.get("higher_is_better") else "lower"
+        unit = record.get("unit") or record.get("figure")
+        ax.set_title(f"{record['workload']}: {unit}\n({better} is better)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle("jetdag and its peers, same machine, alternating rounds", fontsize=10)
     return save(plt, fig, out / "compare.png")
 
 

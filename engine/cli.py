@@ -593,6 +593,7 @@ BENCH_WORKLOADS = {
     "sse": "sse.py",
     "tasks-page": "tasks_page.py",
     "plot": "plot.py",
+    "compare": "compare.py",
 }
 
 

@@ -158,3 +158,18 @@ def test_plot_draws_the_recorded_results_or_says_what_it_needs(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     made = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert {"scale.png", "latency.png", "rates.png"} <= set(made), made
+
+
+def test_compare_help_names_its_peers(tmp_path: Path) -> None:
+    done = bench(tmp_path, "compare", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "usage: jetdag bench compare" in done.stdout
+    assert all(word in done.stdout for word in ("--peers", "--rounds", "Celery", "taskiq", "Prefect"))
+
+
+def test_compare_refuses_an_unknown_peer_before_running_anything(tmp_path: Path) -> None:
+    """Checked first: no peer is installed, no Redis needed, nothing started."""
+    done = bench(tmp_path, "compare", "throughput", "--peers", "celery", "airflow", "--no-save")
+    assert done.returncode == 2
+    assert "unknown peer 'airflow': one of celery, taskiq, prefect" in done.stderr
+    assert "round 1/" not in done.stderr  # no system ran
