@@ -65,7 +65,10 @@ class Subscriber:
 
     async def next(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next event; None when the stream must end. TimeoutError when nothing came within `timeout`."""
-        return await asyncio.wait_for(self.queue.get(), timeout)
+        if not self.queue.empty():  # the common case under load: no timer, no task (wait_for made both)
+            return self.queue.get_nowait()
+        async with asyncio.timeout(timeout):
+            return await self.queue.get()
 
     def take_progress(self) -> set[str]:
         """The tasks whose progress moved since the last call; the next progress event queues a new marker."""

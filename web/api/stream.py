@@ -27,6 +27,15 @@ async def _resync(client: Client, run: str | None, workflow: str | None) -> dict
     return {"runs": await client.runs_list(workflow=workflow, limit=100)}
 
 
+def _step_json(item: dict[str, Any]) -> str:
+    """The step's JSON, encoded once for all the clients it goes to (the hub hands each the same dict)."""
+    encoded = item.get("_json")
+    if encoded is None:
+        data = {k: item.get(k) for k in ("run", "workflow", "seq", "status", "transitions")}
+        encoded = item["_json"] = orjson.dumps(data).decode()
+    return str(encoded)
+
+
 async def _events(
     hub: Hub, client: Client, run: str | None, workflow: str | None, last_event_id: str | None
 ) -> AsyncIterator[ServerSentEventMessage]:
@@ -43,9 +52,7 @@ async def _events(
                 continue
             if item is None:  # dropped as too slow, or the server is stopping: the client reconnects
                 return
-            data = {k: item.get(k) for k in ("run", "workflow", "seq", "status", "transitions")}
-            event_id = f"{item['run']}:{item['seq']}"
-            yield ServerSentEventMessage(data=orjson.dumps(data).decode(), event="step", id=event_id)
+            yield ServerSentEventMessage(data=_step_json(item), event="step", id=f"{item['run']}:{item['seq']}")
     finally:
         hub.unsubscribe(sub)
 
