@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
-from jetdag.actors.system import System
 from jetdag.engine.client import Client
 from jetdag.engine.model import TaskSpec, WorkflowSpec
 from jetdag.web.app import create_app
@@ -19,26 +15,6 @@ from tests.helpers import eventually
 
 Http = AsyncTestClient[Any]
 PAIR = WorkflowSpec("t_api_pair", (TaskSpec("first", "noop"), TaskSpec("second", "noop", depends_on=("first",))))
-
-
-@pytest.fixture
-def audited_system(nats_url: str, tmp_path: Path) -> Iterator[None]:
-    """Engine, worker and auditor on a loop of their own: Litestar's test client blocks the test's loop
-    while a request runs, and the auditor must answer meanwhile, as it would from another process."""
-    started, stop = threading.Event(), threading.Event()
-
-    async def serve() -> None:
-        async with System(nats_url, audit=tmp_path / "audit.duckdb", drain_timeout=1.0):
-            started.set()
-            while not stop.is_set():  # noqa: ASYNC110  (a thread's Event, not the loop's)
-                await asyncio.sleep(0.05)
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="audited system")
-    thread.start()
-    assert started.wait(20), "the system did not start"
-    yield
-    stop.set()
-    thread.join(20)
 
 
 @pytest.fixture

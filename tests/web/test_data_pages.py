@@ -12,7 +12,6 @@ from jetdag.engine.client import Client
 from jetdag.engine.model import RetryPolicy, TaskSpec, WorkflowSpec
 from jetdag.web.app import create_app
 from tests.helpers import eventually
-from tests.web.test_tasks_api import audited_system  # noqa: F401  (a fixture)
 
 Http = AsyncTestClient[Any]
 HX = {"HX-Request": "true"}
@@ -23,7 +22,7 @@ DOOMED = WorkflowSpec(
 
 
 @pytest.fixture
-async def http(nats_url: str, audited_system: None) -> AsyncIterator[Http]:  # noqa: F811
+async def http(nats_url: str, audited_system: None) -> AsyncIterator[Http]:
     async with AsyncTestClient(app=create_app(nats_url)) as test_client:
         yield test_client
 

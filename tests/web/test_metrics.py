@@ -14,7 +14,6 @@ from jetdag.engine.model import TaskSpec, WorkflowSpec
 from jetdag.web.api.metrics import Family, histogram, render
 from jetdag.web.app import create_app
 from tests.helpers import eventually
-from tests.web.test_tasks_api import audited_system  # noqa: F401  (a fixture)
 
 Http = AsyncTestClient[Any]
 ONE = WorkflowSpec("t_metrics_one", (TaskSpec("only", "noop"),))
@@ -46,7 +45,7 @@ def test_render_writes_the_text_exposition_format() -> None:
 
 
 @pytest.fixture
-async def http(nats_url: str, audited_system: None) -> AsyncIterator[Http]:  # noqa: F811
+async def http(nats_url: str, audited_system: None) -> AsyncIterator[Http]:
     async with AsyncTestClient(app=create_app(nats_url)) as test_client:
         yield test_client
 

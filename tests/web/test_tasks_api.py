@@ -3,10 +3,8 @@ bad input answering 400 with the field's name."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,6 @@ import duckdb
 import pytest
 from litestar.testing import AsyncTestClient
 
-from jetdag.actors.system import System
 from jetdag.engine.audit import schema
 from jetdag.engine.audit.store import AuditStore, Message, decode_cursor
 from jetdag.engine.client import Client
@@ -83,25 +80,6 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     (row,) = store.tasks(task="b", limit=1, cursor=None, since=1_700_000_002.0)["tasks"]
     assert (row["workflow"], row["worker"], row["started_at"] is not None) == ("wf", "w0", True)
     store.close()
-
-
-@pytest.fixture
-def audited_system(nats_url: str, tmp_path: Path) -> Iterator[None]:
-    """Engine, worker and auditor on a loop of their own (the test client blocks the test's loop)."""
-    started, stop = threading.Event(), threading.Event()
-
-    async def serve() -> None:
-        async with System(nats_url, audit=tmp_path / "audit.duckdb", drain_timeout=1.0):
-            started.set()
-            while not stop.is_set():  # noqa: ASYNC110  (a thread's Event, not the loop's)
-                await asyncio.sleep(0.05)
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="audited system")
-    thread.start()
-    assert started.wait(20), "the system did not start"
-    yield
-    stop.set()
-    thread.join(20)
 
 
 @pytest.fixture
