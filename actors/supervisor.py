@@ -17,7 +17,8 @@ async def cancel(*tasks: asyncio.Task[Any], owner: str = "", grace: float = 0.5)
 
     On 3.11 a cancellation that lands as an `asyncio.timeout()` inside the task expires can be lost
     (fixed in 3.12, cpython#102780): a loop around such a timeout would then run on, and a plain
-    `task.cancel(); await task` would wait for it forever. A cancellation of the caller goes through.
+    `task.cancel(); await task` would wait for it forever. `grace` must outlast the tasks' own cleanup
+    on cancellation, which a second cancel would cut short. A cancellation of the caller goes through.
     """
     pending = {t for t in tasks if not t.done()}
     while pending:

@@ -28,6 +28,9 @@ from .worker import Worker
 
 log = logging.getLogger(__name__)
 
+ROLE_GRACE = 10.0
+"""Seconds a cancelled role has to finish its cleanup before it is cancelled again (see supervisor.cancel)."""
+
 
 class System:
     """`async with System(url, ...)`: ready when every role is; leaving drains workers, then stops engines."""
@@ -112,7 +115,9 @@ class System:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task
             else:
-                await cancel(task, owner="system")  # a role that failed was reported when it ended (_report)
+                # A role cleans up when cancelled (an engine stops its partitions, then hands its leases
+                # back within 2 s): cancelling it again before then would cut that short.
+                await cancel(task, owner="system", grace=ROLE_GRACE)  # a failed role was reported (_report)
         if self.nc is not None:
             await close(self.nc)
 
