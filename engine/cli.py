@@ -592,6 +592,7 @@ BENCH_WORKLOADS = {
     "audit": "audit.py",
     "sse": "sse.py",
     "tasks-page": "tasks_page.py",
+    "ceiling": "ceiling.py",
     "plot": "plot.py",
     "compare": "compare.py",
 }

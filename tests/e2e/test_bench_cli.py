@@ -173,3 +173,10 @@ def test_compare_refuses_an_unknown_peer_before_running_anything(tmp_path: Path)
     assert done.returncode == 2
     assert "unknown peer 'airflow': one of celery, taskiq, prefect" in done.stderr
     assert "round 1/" not in done.stderr  # no system ran
+
+
+def test_ceiling(tmp_path: Path) -> None:
+    rec = record(tmp_path, "ceiling", "-n", "256")
+    assert rec["n"] == 256
+    assert all(rec[f"{name}_per_s"] > 0 for name in ("publish", "cycle", "kv"))
+    assert rec["implied_jetdag_tasks_per_s"] == round(rec["publish_per_s"] / 10, 1)
