@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from harness import audit_batches, percentile
 from machine import machine
 
-from jetdag.engine.audit.store import AuditStore, Message
+from jetdag.engine.audit.store import AuditStore
 from jetdag.engine.audit.summary import summarize
 from jetdag.engine.events import RunSubmitted, TaskStarted, TaskSucceeded, Transition
 from jetdag.engine.messages import encode_event, encode_step
@@ -52,32 +53,13 @@ def run_events(run: str, t0: float) -> Iterator[tuple[str, bytes]]:
         t += 0.01
 
 
-def batches(runs: int, size: int, t0: float) -> Iterator[list[Message]]:
-    batch: list[Message] = []
-    seq = 0
-    for r in range(runs):
-        for subject, data in run_events(f"R{r:09d}", t0 + r * 0.05):
-            seq += 1
-            batch.append(Message(seq, subject, data, t0))
-            if len(batch) == size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 def main(args: argparse.Namespace) -> dict[str, Any]:
     runs = max(1, args.events // PER_RUN)
     with tempfile.TemporaryDirectory() as tmp:
         store = AuditStore(Path(tmp) / "audit.duckdb").open()
         t0 = time.time() - runs * 0.05
         ingest_s, events, progress = 0.0, 0, time.monotonic()
-        for batch in batches(runs, args.batch, t0):
+        for batch in audit_batches(runs, args.batch, t0, lambda r, ts: run_events(f"R{r:09d}", ts), 0.05):
             started = time.perf_counter()
             events += store.ingest(batch)
             ingest_s += time.perf_counter() - started

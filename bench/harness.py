@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from jetdag.engine import subjects as S
+from jetdag.engine.audit.store import Message
 from jetdag.engine.model import TaskSpec, WorkflowSpec
 from jetdag.engine.nats.server import NatsServer
 from jetdag.engine.nats.setup import Topology, close, connect, ensure
@@ -284,6 +285,24 @@ def fan_spec(name: str, width: int, handler: str = "noop") -> WorkflowSpec:
     middle = tuple(TaskSpec(f"t{i}", handler, depends_on=("root",)) for i in range(width))
     join = TaskSpec("join", handler, depends_on=tuple(t.name for t in middle))
     return WorkflowSpec(name, (TaskSpec("root", handler), *middle, join))
+
+
+def audit_batches(
+    runs: int, size: int, t0: float, events: Callable[[int, float], Iterable[tuple[str, bytes]]], spacing: float
+) -> Iterator[list[Message]]:
+    """Run r's `events(r, t0 + r * spacing)` as audit-log messages numbered from 1, in batches of `size`:
+    what the auditor receives, for the audit and tasks-page benchmarks."""
+    batch: list[Message] = []
+    seq = 0
+    for r in range(runs):
+        for subject, data in events(r, t0 + r * spacing):
+            seq += 1
+            batch.append(Message(seq, subject, data, t0))
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -26,10 +26,11 @@ from typing import Any
 
 import jinja2
 import orjson
+from harness import audit_batches, percentile
 from machine import machine
 
 from jetdag.engine.audit import schema
-from jetdag.engine.audit.store import AuditStore, Message, encode_cursor
+from jetdag.engine.audit.store import AuditStore, encode_cursor
 from jetdag.engine.events import RunSubmitted, TaskFailed, TaskStarted, TaskSucceeded, Transition
 from jetdag.engine.messages import encode_event, encode_step
 
@@ -73,25 +74,6 @@ def run_events(r: int, t0: float) -> Iterator[tuple[str, bytes]]:
         t = done
 
 
-def batches(runs: int, size: int, t0: float) -> Iterator[list[Message]]:
-    batch: list[Message] = []
-    seq = 0
-    for r in range(runs):
-        for subject, data in run_events(r, t0 + r * 0.1):
-            seq += 1
-            batch.append(Message(seq, subject, data, t0))
-            if len(batch) == size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 def main(args: argparse.Namespace) -> dict[str, Any]:
     runs = max(1, args.tasks // TASKS_PER_RUN)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
@@ -110,7 +92,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         else:
             t0 = time.time() - runs * 0.1
             progress = time.monotonic()
-            for batch in batches(runs, 10_000, t0):
+            for batch in audit_batches(runs, 10_000, t0, run_events, 0.1):
                 events += store.ingest(batch)
                 if time.monotonic() - progress > 15:
                     progress = time.monotonic()
