@@ -153,7 +153,7 @@ class RunActor:
         state = self._state
         if transitions and state is not None:
             await self._publish(state, commands, transitions)
-            self._revision = await self.ctx.runs.save(self.run_id, state.to_dict(), self._revision)
+            self._revision = await self.ctx.runs.save(self.run_id, state.packed(), self._revision)
             self.ctx.counters.steps += 1
             await self._interrupt([c for c in commands if isinstance(c, InterruptTask)])
         for msg, delay in settle:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import msgpack
+
 from jetdag.engine.model import WorkflowSpec
 
 
@@ -48,6 +50,14 @@ class TaskState:
     error: str | None = None
     result: Any = None
     due: float | None = None
+    _entry: bytes | None = field(default=None, init=False, compare=False, repr=False)
+    """This task's entry in the run's packed snapshot (its msgpack name and to_dict()), as RunState.packed()
+    last built it; any assignment to a field clears it. Never stored itself."""
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        object.__setattr__(self, key, value)
+        if key != "_entry":
+            object.__setattr__(self, "_entry", None)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"status": self.status.value, "attempt": self.attempt}
@@ -101,7 +111,31 @@ class RunState:
         return self.status in RUN_DONE
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
+        head, tail = self._fields()
+        return {**head, "tasks": {name: t.to_dict() for name, t in self.tasks.items()}, **tail}
+
+    def packed(self) -> bytes:
+        """`msgpack.packb(self.to_dict(), use_bin_type=True)`, the same bytes, built without re-encoding the
+        tasks that did not change since the last call: a step rewrites the whole snapshot, but touches few
+        tasks (each TaskState keeps its own encoding until a field of it is assigned)."""
+        head, tail = self._fields()
+        parts = [_packer.pack_map_header(len(head) + 1 + len(tail))]
+        for key, value in head.items():
+            parts += (_pack(key), _pack(value))
+        parts += (_TASKS_KEY, _packer.pack_map_header(len(self.tasks)))
+        for name, task in self.tasks.items():
+            entry = task._entry
+            if entry is None:
+                entry = _pack(name) + _pack(task.to_dict())
+                task._entry = entry
+            parts.append(entry)
+        for key, value in tail.items():
+            parts += (_pack(key), _pack(value))
+        return b"".join(parts)
+
+    def _fields(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The snapshot's fields before "tasks" and after it, in to_dict's order."""
+        head: dict[str, Any] = {
             "v": 1,
             "run_id": self.run_id,
             "workflow": self.workflow,
@@ -114,17 +148,17 @@ class RunState:
             "error": self.error,
             "seq": self.seq,
             "logical_time": self.logical_time,
-            "tasks": {name: t.to_dict() for name, t in self.tasks.items()},
         }
+        tail: dict[str, Any] = {}
         if self.meta:
-            d["meta"] = self.meta
+            tail["meta"] = self.meta
         if self.ready:
-            d["ready"] = self.ready
+            tail["ready"] = self.ready
         if self.rerun_of is not None:
-            d["rerun_of"] = self.rerun_of
+            tail["rerun_of"] = self.rerun_of
         if self.inline and self.spec is not None:
-            d["spec"] = self.spec.to_dict()
-        return d
+            tail["spec"] = self.spec.to_dict()
+        return head, tail
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], spec: WorkflowSpec | None = None) -> RunState:
@@ -153,6 +187,16 @@ class RunState:
             active=sum(1 for t in tasks.values() if t.status in TASK_ACTIVE),
             rerun_of=d.get("rerun_of"),
         )
+
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+_TASKS_KEY = _pack("tasks")
 
 
 def new_run(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-import msgpack
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
@@ -12,6 +12,7 @@ from nats.js.kv import KeyValue
 from jetdag.engine import subjects as S
 from jetdag.engine.errors import NotFound
 from jetdag.engine.model import WorkflowSpec
+from jetdag.engine.stores import packing
 
 
 class Applied(StrEnum):
@@ -30,15 +31,21 @@ class DefStore:
         return cls(await js.key_value(S.DEFS_KV))
 
     async def apply(self, spec: WorkflowSpec) -> tuple[Applied, int]:
-        """Store `spec` as the newest version unless it equals the current one."""
-        data = msgpack.packb(spec.to_dict(), use_bin_type=True)
+        """Store `spec` as the newest version unless it equals the current one.
+
+        Large definitions are stored compressed (packing.py); ValueTooLarge when even that is over max_payload.
+        """
+        data = packing.encode(spec.to_dict())
         try:
             entry = await self.kv.get(spec.name)
         except KeyNotFoundError:
             entry = None
         if entry is not None and entry.value == data:
             return Applied.UNCHANGED, entry.revision or 0
-        revision = await self.kv.put(spec.name, data)
+        try:
+            revision = await self.kv.put(spec.name, data)
+        except MaxPayloadError:
+            raise packing.too_large(f"workflow {spec.name!r} ({len(spec.tasks):,} tasks)", data, self.kv) from None
         return (Applied.UPDATED if entry is not None and entry.value else Applied.CREATED), revision
 
     async def get(self, name: str, revision: int | None = None) -> tuple[WorkflowSpec, int]:
@@ -51,7 +58,7 @@ class DefStore:
             raise NotFound("workflow", name if revision is None else f"{name}@{revision}") from None
         if not entry.value:
             raise NotFound("workflow", name)
-        spec = WorkflowSpec.from_dict(msgpack.unpackb(entry.value, raw=False))
+        spec = WorkflowSpec.from_dict(packing.decode(entry.value))
         rev = entry.revision or 0
         self._cache[(name, rev)] = spec
         return spec, rev

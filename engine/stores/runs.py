@@ -8,14 +8,15 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgpack
 from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from jetdag.engine import subjects as S
 from jetdag.engine.errors import StaleOwner
+from jetdag.engine.stores import packing
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,23 @@ class RunStore:
             return None, 0
         if entry.value is None:
             return None, 0
-        return msgpack.unpackb(entry.value, raw=False), entry.revision or 0
+        return packing.decode(entry.value), entry.revision or 0
 
-    async def save(self, run_id: str, snapshot: dict[str, Any], revision: int) -> int:
-        """Write if the stored revision is still `revision` (0: must not exist); StaleOwner otherwise."""
-        data = msgpack.packb(snapshot, use_bin_type=True)
+    async def save(self, run_id: str, snapshot: dict[str, Any] | bytes, revision: int) -> int:
+        """Write if the stored revision is still `revision` (0: must not exist); StaleOwner otherwise.
+
+        `snapshot` is the dict or its msgpack bytes (`RunState.packed()`); stored compressed when large
+        (packing.py). ValueTooLarge when even that is over max_payload.
+        """
+        data = packing.compress(snapshot) if isinstance(snapshot, bytes) else packing.encode(snapshot)
         try:
             if revision == 0:
                 return await self.kv.create(run_id, data)
             return await self.kv.update(run_id, data, last=revision)
         except KeyWrongLastSequenceError as exc:
             raise StaleOwner(f"{S.RUNS_KV}/{run_id}", revision) from exc
+        except MaxPayloadError:
+            raise packing.too_large(f"the snapshot of run {run_id}", data, self.kv) from None
 
     async def ids(self) -> list[str]:
         """Every run id, oldest first (run ids sort by creation time)."""
@@ -87,7 +94,7 @@ class RunStore:
                     continue
                 if entry is not None and entry.value and (entry.revision or 0) > seen:
                     seen = entry.revision or 0
-                    yield msgpack.unpackb(entry.value, raw=False)
+                    yield packing.decode(entry.value)
         finally:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await watcher.stop()

@@ -1,0 +1,141 @@
+"""How snapshots and definitions are packed: RunState.packed() is packb(to_dict()) byte for byte, large values
+are stored compressed behind a marker and plain ones still read, and a value too big even compressed is
+refused with a message naming it, its size and the limit."""
+
+from __future__ import annotations
+
+import copy
+import os
+import zlib
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jetdag.engine.events import RunCancel, TaskIgnore
+from jetdag.engine.model import TaskSpec, WorkflowSpec
+from jetdag.engine.nats.setup import Topology, close, connect, ensure
+from jetdag.engine.state import RunState, TaskStatus, new_run
+from jetdag.engine.stores import packing
+from jetdag.engine.stores.defs import Applied, DefStore
+from jetdag.engine.stores.runs import RunStore
+
+from .sim import World
+from .test_run import workflows
+
+
+def plain(state: RunState) -> bytes:
+    return msgpack.packb(state.to_dict(), use_bin_type=True)
+
+
+def check(state: RunState) -> None:
+    data = state.packed()
+    assert data == plain(state)
+    assert plain(RunState.from_dict(msgpack.unpackb(data, raw=False), state.spec)) == data
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workflows(), st.data())
+def test_packed_is_the_plain_encoding_after_every_step(
+    wf: tuple[WorkflowSpec, dict[tuple[str, int], bool]], data: st.DataObject
+) -> None:
+    spec, oracle = wf
+    world = World(spec, lambda t, a: oracle[(t, a)])
+    world.state.meta = {"who": "me"}
+    check(world.state)
+    for _ in range(300):
+        if not world.pool:
+            break
+        world.deliver(data.draw(st.integers(0, len(world.pool) - 1), label="deliver"))
+        check(world.state)
+    failed = [n for n, t in world.state.tasks.items() if t.status is TaskStatus.FAILED]
+    if failed:  # run control touches tasks no result names
+        world.pool.append(TaskIgnore(world.run_id, failed[0], world.now))
+        world.run_in_order()
+        check(world.state)
+    world.pool.append(RunCancel(world.run_id, world.now))
+    world.run_in_order()
+    check(world.state)
+
+
+def test_packed_sees_every_field_assigned_and_copies() -> None:
+    spec = WorkflowSpec("w", tuple(TaskSpec(f"t{i}", "noop") for i in range(20)))
+    state = new_run("R", "w", 3, spec, {"p": [1, 2]}, 5.0, meta={"k": "v"})
+    check(state)
+    task = state.tasks["t7"]
+    for key, value in [("status", TaskStatus.RETRYING), ("attempt", 2), ("due", 9.5), ("worker", "w1"),
+                       ("error", "boom"), ("result", {"rows": 3}), ("queued_at", 1.0), ("due", None)]:  # fmt: skip
+        setattr(task, key, value)
+        check(state)
+    state.ready, state.rerun_of, state.seq = ["t7"], "OLD", 4
+    check(state)
+    again = copy.deepcopy(state)
+    again.tasks["t3"].status = TaskStatus.SUCCEEDED
+    check(again)
+    check(state)
+    inline = new_run("I", "one", 0, WorkflowSpec("one", (TaskSpec("x", "noop"),)), {}, 1.0, inline=True)
+    check(inline)
+
+
+def test_small_values_stay_plain_and_large_ones_are_compressed() -> None:
+    small = {"a": 1}
+    assert packing.encode(small) == msgpack.packb(small, use_bin_type=True)
+    large = {"tasks": {f"t{i}": {"status": "waiting", "attempt": 0} for i in range(10_000)}}
+    raw = msgpack.packb(large, use_bin_type=True)
+    stored = packing.encode(large)
+    assert len(raw) > packing.COMPRESS_ABOVE and stored[:1] == packing.MARKER and len(stored) < len(raw) // 5
+    assert packing.decode(stored) == large == packing.decode(raw)  # values stored plain (before) still read
+    assert packing.compress(raw) == stored and packing.decompress(stored) == raw
+    with pytest.raises(msgpack.UnpackException):  # no plain msgpack value starts with the marker
+        msgpack.unpackb(packing.MARKER + b"\x00")
+    assert zlib.decompress(stored[1:]) == raw
+
+
+def big_spec(name: str, n: int) -> WorkflowSpec:
+    return WorkflowSpec(name, tuple(TaskSpec(f"task_{i}", "noop", payload={"i": i}) for i in range(n)))
+
+
+async def test_large_definitions_and_snapshots_go_through_the_stores(nats_url: str) -> None:
+    nc = await connect(nats_url, "test")
+    try:
+        js = nc.jetstream()
+        await ensure(js, Topology())
+        defs, runs = await DefStore.open(js), await RunStore.open(js)
+        spec = big_spec("big", 5_000)
+        assert (await defs.apply(spec))[0] is Applied.CREATED
+        assert (await defs.kv.get("big")).value[:1] == packing.MARKER
+        assert (await defs.apply(spec))[0] is Applied.UNCHANGED
+        assert (await DefStore(defs.kv).get("big"))[0] == spec
+
+        state = new_run("R1", "big", 1, spec, {}, 1.0)
+        revision = await runs.save("R1", state.packed(), 0)
+        assert (await runs.kv.get("R1")).value[:1] == packing.MARKER
+        state.tasks["task_3"].status = TaskStatus.QUEUED
+        revision = await runs.save("R1", state.packed(), revision)
+        snapshot, rev = await runs.load("R1")
+        assert snapshot == state.to_dict() and rev == revision
+        # A plain value written before compression existed reads as it did.
+        plain_rev = await runs.kv.update("R1", msgpack.packb({"old": True}, use_bin_type=True), last=revision)
+        assert await runs.load("R1") == ({"old": True}, plain_rev)
+    finally:
+        await close(nc)
+
+
+async def test_a_value_too_large_even_compressed_is_refused_by_name_size_and_limit(nats_url: str) -> None:
+    nc = await connect(nats_url, "test")
+    try:
+        js = nc.jetstream()
+        await ensure(js, Topology())
+        defs, runs = await DefStore.open(js), await RunStore.open(js)
+        noise = os.urandom(9 * 1024 * 1024)  # random bytes do not compress: still over the 8 MB max_payload
+        spec = WorkflowSpec("huge", (TaskSpec("a", "noop", payload=noise),))
+        too_big = r"workflow 'huge' \(1 tasks\) does not fit in one NATS message: 9,437,[0-9]+ bytes packed, 9,"
+        with pytest.raises(
+            packing.ValueTooLarge, match=too_big + r"[0-9,]+ compressed, over NATS max_payload \(8,388,"
+        ):
+            await defs.apply(spec)
+        with pytest.raises(packing.ValueTooLarge, match=r"the snapshot of run R2 does not fit"):
+            await runs.save("R2", {"blob": noise}, 0)
+    finally:
+        await close(nc)
