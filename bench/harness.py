@@ -170,6 +170,20 @@ class Stack:
     def workers(self, n: int, concurrency: int) -> list[subprocess.Popen[bytes]]:
         return [self.spawn(f"worker{i}", "worker", "--concurrency", str(concurrency)) for i in range(n)]
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each kind of process: nats-server, engine(s), workers, this benchmark."""
+        out = {"server": cpu_seconds(self._server.proc.pid) if self._server and self._server.proc else 0.0}
+        for name, p in self.procs.items():
+            kind = name.rstrip("0123456789")
+            out[kind] = out.get(kind, 0.0) + cpu_seconds(p.pid)
+        out["bench"] = cpu_seconds(os.getpid())
+        return out
+
+    def cpu_per(self, before: dict[str, float], n: int) -> dict[str, float]:
+        """Milliseconds of CPU per unit of work (n units) of each kind of process since `before`."""
+        after = self.cpu()
+        return {f"cpu_ms_{k}": round((after[k] - before.get(k, 0.0)) * 1000 / n, 3) for k in after}
+
     def check_alive(self) -> None:
         for name, p in self.procs.items():
             if p.poll() is not None:

@@ -42,9 +42,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     async with harness.stack(args.workers, args.concurrency, args.durability) as s:
         steps = await s.steps()
         await burst(s, steps, min(500, args.n), timeout=60)  # warm-up: connections, consumers, caches
-        start = time.perf_counter()
+        cpu0, start = s.cpu(), time.perf_counter()
         took = await burst(s, steps, args.n, timeout=300)
         wall = time.perf_counter() - start
+        cpu = s.cpu_per(cpu0, args.n)
     return harness.record(
         "throughput",
         tasks=args.n,
@@ -55,6 +56,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         p50_ms=ms(percentile(took, 50)),
         p99_ms=ms(percentile(took, 99)),
         wall_s=round(wall, 3),
+        **cpu,
     )
 
 
@@ -70,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         f"throughput: {rec['tasks']:,} no-op tasks, {rec['workers']} workers x {rec['concurrency']}, "
         f"durability {rec['durability']}"
     )
-    rows = [[rec["tasks_per_s"], rec["p50_ms"], rec["p99_ms"], rec["wall_s"]]]
-    harness.finish(args, rec, title, ["tasks/s", "p50 ms", "p99 ms", "wall s"], rows)
+    kinds = [k for k in rec if k.startswith("cpu_ms_")]
+    rows = [[rec["tasks_per_s"], rec["p50_ms"], rec["p99_ms"], rec["wall_s"], *(rec[k] for k in kinds)]]
+    cpu_headers = [f"{k.removeprefix('cpu_ms_')} CPU ms/task" for k in kinds]
+    harness.finish(args, rec, title, ["tasks/s", "p50 ms", "p99 ms", "wall s", *cpu_headers], rows)
     return 0
 
 
