@@ -25,6 +25,7 @@ from jetdag.engine.events import (
     TaskDue,
     Transition,
 )
+from jetdag.engine.ids import run_time
 from jetdag.engine.messages import (
     MSG_ID,
     TaskMessage,
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 
 MAX_EARLY_DELIVERIES = 50
 """An event still ahead of its cause after this many deliveries names a run that will never exist."""
+
+FRESH = 60.0
+"""A submission stored within this many seconds of its run id's creation, and handled within as many
+seconds of being stored, starts a run that cannot exist yet: see `_fresh`."""
 
 
 class RunActor:
@@ -124,7 +129,10 @@ class RunActor:
 
     async def _step(self, batch: list[tuple[Event, Msg]]) -> None:
         if not self._loaded:
-            await self._load()
+            if _fresh(*batch[0], time.time()):
+                self._loaded = True  # nothing to read: the snapshot is created by this step (revision 0)
+            else:
+                await self._load()
         commands: list[Command] = []
         transitions: list[Transition] = []
         settle: list[tuple[Msg, float | None]] = []
@@ -162,7 +170,7 @@ class RunActor:
 
     async def _publish(self, state: RunState, commands: list[Command], transitions: list[Transition]) -> None:
         """Every command and the step record, awaited together: published before the state that caused them."""
-        js, p, run = self.ctx.js, self.partition, self.run_id
+        publish, p, run = self.ctx.publisher.publish, self.partition, self.run_id
         reply = S.event_subject(p, run)
         futures = []
         for cmd in commands:
@@ -210,12 +218,12 @@ class RunActor:
                     )
             about = ("", 0) if isinstance(cmd, ScheduleDeadline) else (cmd.task, cmd.attempt)
             headers = {MSG_ID: msg_id(run, *about, kind)}
-            futures.append(await js.publish_async(subject, data, headers=headers))
+            futures.append(await publish(subject, data, headers))
         # The step's id hashes its transitions: a step redone after a crash with other events is kept too.
         digest = zlib.crc32("|".join(f"{t.task}:{t.attempt}:{t.status}" for t in transitions).encode())
         headers = {MSG_ID: f"{run}:step:{state.seq}:{digest:08x}"}
         step = encode_step(run, state.seq, state.status.value, transitions)
-        futures.append(await js.publish_async(S.step_subject(p, run), step, headers=headers))
+        futures.append(await publish(S.step_subject(p, run), step, headers))
         await acked(futures)  # bounded: a publish lost with a dying server crashes the step, which is redone
 
     async def _interrupt(self, interrupts: list[InterruptTask]) -> None:
@@ -225,6 +233,27 @@ class RunActor:
                 await self.ctx.nc.publish(S.INTERRUPT, encode_interrupt(self.run_id, cmd.task, cmd.attempt))
             except Exception as exc:
                 log.debug("run %s: interrupt of %s#%d not sent: %s", self.run_id, cmd.task, cmd.attempt, exc)
+
+
+def _fresh(event: Event, msg: Msg, now: float) -> bool:
+    """Whether `event` submits a run whose snapshot cannot exist yet, so the actor need not read it.
+
+    Two submissions of one run id that are both stored in `JD_EVENTS` are at least its duplicate window
+    (120 s, Topology.duplicate_window) apart: the second is dropped as a duplicate otherwise. This one was
+    stored within FRESH s of the moment its id was made (run ids carry it) and is handled within FRESH s
+    of being stored, so an earlier one would predate the id and a later one is not stored yet. Ids chosen
+    by hand (not time-ordered) and redeliveries are read first. Were it wrong anyway (clocks more than a
+    minute apart), the create fails as StaleOwner and the step is redone from the stored snapshot, its
+    commands deduplicated by their message ids.
+    """
+    if not isinstance(event, RunSubmitted) or _deliveries(msg) > 1:
+        return False
+    try:
+        stored = msg.metadata.timestamp.timestamp()
+        made = run_time(event.run_id)
+    except Exception:
+        return False
+    return abs(stored - made) < FRESH and now - stored < FRESH
 
 
 def _deliveries(msg: Msg) -> int:

@@ -80,7 +80,7 @@ class Client:
             raise ConfigError(f"cannot reach NATS at {url} (tried for {timeout:g}s): is `jetdag up` running?") from None
         js = nc.jetstream()
         try:
-            return cls(nc, js, await RunStore.open(js), await DefStore.open(js), await ScheduleStore.open(js))
+            return cls(nc, js, await RunStore.open(nc, js), await DefStore.open(js), await ScheduleStore.open(js))
         except BucketNotFoundError:
             await close(nc)
             raise ConfigError(

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -20,6 +20,8 @@ from jetdag.engine import subjects as S
 from jetdag.engine.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,21 +71,19 @@ PUBLISH_TIMEOUT = 5.0
 """How long to wait for JetStream to acknowledge a publish (nats-py's own default for requests)."""
 
 
-async def acked(
-    futures: Sequence[asyncio.Future[js_api.PubAck]], timeout: float = PUBLISH_TIMEOUT
-) -> list[js_api.PubAck]:
-    """The acks of `publish_async` futures; TimeoutError after `timeout` seconds.
+async def acked(futures: Sequence[asyncio.Future[T]], timeout: float = PUBLISH_TIMEOUT) -> list[T]:
+    """The results of publish futures (`Publisher.publish`); TimeoutError after `timeout` seconds.
 
-    nats-py never fails such a future by itself: a publish lost with a server that died (the client
-    had written it to that socket, or the stream leader was there) would be waited for forever. The
-    caller treats the timeout as a failed publish and publishes again with the same message ids.
+    A publish never fails by itself: one lost with a server that died (the client had written it to
+    that socket, or the stream leader was there) would be waited for forever. The caller treats the
+    timeout as a failed publish and publishes again with the same message ids.
     """
     try:
         async with asyncio.timeout(timeout):
-            return list(await asyncio.gather(*futures))
+            return [await future for future in futures]  # all in flight already: no gather needed
     finally:
         for future in futures:
-            future.cancel()  # a no-op when done; frees nats-py's slot for a pending publish otherwise
+            future.cancel()  # a no-op when done
 
 
 async def farewell(*goodbyes: Awaitable[Any], timeout: float = 2.0) -> None:
