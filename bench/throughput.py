@@ -63,8 +63,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(__doc__, "throughput")
     parser.add_argument("-n", type=int, default=5000, help="tasks (default 5000)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--concurrency", type=int, default=256, help="tasks per worker at once (default 256)")
+    harness.add_workers(parser)
     parser.add_argument("--durability", choices=["fast", "strict"], default="fast")
     args = parser.parse_args(argv)
     rec = harness.run(measure(args))
