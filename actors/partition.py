@@ -14,6 +14,7 @@ from jetdag.engine import subjects as S
 from jetdag.engine.errors import MessageRejected
 from jetdag.engine.messages import decode_event
 from jetdag.engine.nats.pull import Puller
+from jetdag.engine.nats.rewind import rewind_unacked
 
 from .context import EngineContext
 from .rejects import reject
@@ -23,7 +24,8 @@ from .supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 ACK_WAIT = 6.0
-"""Events an engine held when it died come back after this long: keep it at the lease TTL, so a takeover
+"""Events an engine held when it died come back after this long, unless the partition's next owner
+rewinds the consumer (engine/nats/rewind.py; it does when that is cheap): keep it at the lease TTL, so a takeover
 waits for nothing else, and well below the time a run gives an event ahead of its cause
 (run.MAX_EARLY_DELIVERIES x EARLY_RETRY = 25 s) before dropping it: after a kill -9 the cause is among
 those held events, and a 30 s wait here had results dropped and their runs stuck for good."""
@@ -55,7 +57,11 @@ class PartitionOwner:
     async def run(self) -> None:
         """Consume until cancelled; cancelling stops the consumer and every run actor of the partition."""
         self.supervisor = Supervisor(f"partition-{self.partition}")  # fresh after a restart
-        await self.ctx.js.add_consumer(S.EVENTS, config=partition_consumer_config(self.partition))
+        info = await self.ctx.js.add_consumer(S.EVENTS, config=partition_consumer_config(self.partition))
+        # Events a previous owner (a killed engine, this one before a restart) took and never acked:
+        # back now instead of after AckWait. We hold the lease, so no one else should be reading them (a
+        # zombie owner still could: its writes are fenced by the snapshot's compare-and-set, as ever).
+        await rewind_unacked(self.ctx.js, S.EVENTS, info)
         self._puller = Puller(
             self.ctx.nc, S.EVENTS, S.partition_consumer(self.partition), self._route, batch=self.batch
         )

@@ -10,6 +10,10 @@ nats-server, `jetdag engine` and one `jetdag worker` as separate processes. N ru
   partitions 8/8; the survivor takes each of the killed engine's leases once it expires (the
   lease TTL, 6 s). Only the runs on the killed engine's partitions are timed.
 
+In both, the new owner of a partition rewinds its consumer to the ack floor when that is cheap
+(engine/nats/rewind.py): the events the killed engine had taken and not acked come back at once,
+not after the consumer's AckWait (6 s).
+
 A run has made progress when the engine publishes a step record for it (a core subscription on
 `jd.evt.*.*.step`, as bench/throughput.py does) with a sequence number above the last one the
 killed engine published. Everything the killed engine published is in by `GRACE` seconds after

@@ -27,13 +27,14 @@ from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
 from jetdag.engine.errors import NotFound
 from jetdag.engine.events import RunSubmitted, TaskSucceeded
+from jetdag.engine.messages import decode_event
 from jetdag.engine.model import RetryPolicy, TaskSpec, WorkflowSpec
 from jetdag.engine.nats.setup import Topology
 from jetdag.engine.run import EARLY_RETRY, decide
 from jetdag.engine.state import new_run
 from tests.e2e.effects import read_lines, unit
 from tests.e2e.up_process import JETDAG, clean_env
-from tests.helpers import eventually
+from tests.helpers import eventually, run_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE_TTL = Topology().lease_ttl
@@ -278,3 +279,83 @@ async def test_a_killed_engines_runs_finish_on_the_other_within_the_lease_ttl(na
     own = max(finished[r] for r in run_ids if r not in on_victim)
     assert own < work_left + 2.0, f"the survivor's own runs were held up: {own:.2f}s"
     check_exactly_once(read_lines(effects), views, retry_one_in=0)
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(60)
+async def test_the_events_a_killed_engine_held_come_back_to_its_restart_at_once(nats_url: str, tmp_path: Path) -> None:
+    """Results delivered to an engine that dies before acking them: restarted with the same id, it rewinds its
+    partitions' consumers (engine/nats/rewind.py) and the runs go on at once, not after AckWait."""
+    spec = WorkflowSpec(
+        "t_engine_rewind",
+        tuple(
+            TaskSpec(f"s{i}", "sleep", payload={"seconds": 0.3}, depends_on=(f"s{i - 1}",) if i else ())
+            for i in range(2)
+        ),
+    )
+    engines = Engines(nats_url, tmp_path)
+    engine = engines.start("rewind-engine")
+    try:
+        async with System(nats_url, engine=False, concurrency=64), await Client.connect(nats_url) as client:
+            js = client.js
+            await client.apply(spec)
+
+            async def owned(since: dict[int, tuple[str, int]]) -> bool:
+                holders = await lease_holders(js)
+                return len(holders) == S.DEFAULT_PARTITIONS and all(
+                    h == "rewind-engine" and rev > since.get(p, ("", 0))[1] for p, (h, rev) in holders.items()
+                )
+
+            await eventually(lambda: owned({}), timeout=20, interval=0.05)
+            run_ids = [await client.submit(spec.name) for _ in range(20)]
+
+            async def s0_running() -> bool:
+                try:
+                    views = [await client.status(r) for r in run_ids]
+                except NotFound:
+                    return False  # not created yet
+                return all(v["tasks"]["s0"]["status"] == "running" for v in views)
+
+            await eventually(s0_running, timeout=10)
+            engine.send_signal(signal.SIGSTOP)  # frozen with its pulls outstanding: results reach it, no acks leave
+            stopped_at = time.monotonic()
+
+            async def results_held() -> bool:
+                for r in run_ids:
+                    inputs = [decode_event(m.subject or "", m.data or b"") for m in await run_inputs(js, r)]
+                    if not any(isinstance(e, TaskSucceeded) for e in inputs):
+                        return False
+                infos = [await js.consumer_info(S.EVENTS, S.partition_consumer(p)) for p in range(S.DEFAULT_PARTITIONS)]
+                # Every s0 result is in, each delivered (to the frozen engine) and none acked.
+                return all(i.num_pending == 0 for i in infos) and sum(i.num_ack_pending or 0 for i in infos) >= len(
+                    run_ids
+                )
+
+            await eventually(results_held, timeout=5)
+            engines.kill9(engine)
+            before = await lease_holders(js)
+            engine = engines.start("rewind-engine")  # takes its own leases back at once
+            await eventually(lambda: owned(before), timeout=15, interval=0.02)
+            owned_at = time.monotonic()
+
+            async def s0_done() -> bool:
+                views = [await client.status(r) for r in run_ids]
+                return all(v["tasks"]["s0"]["status"] == "succeeded" for v in views)
+
+            await eventually(s0_done, timeout=3.0, interval=0.02)
+            progressed_at = time.monotonic()
+            views = await wait_all(client, run_ids, timeout=20)
+    except BaseException:
+        print(engines.log_text())
+        raise
+    finally:
+        engines.stop_all()
+    print(
+        f"rewind: runs went on {progressed_at - owned_at:.2f}s after the restart owned its partitions, "
+        f"{progressed_at - stopped_at:.2f}s after the results reached the frozen engine (AckWait {partition.ACK_WAIT}s)"
+    )
+    # Not AckWait's doing: the held results were delivered after the freeze, so it could resend them only later.
+    assert progressed_at - stopped_at < partition.ACK_WAIT
+    assert all(v["status"] == "succeeded" for v in views.values()), views
+    restarted = (tmp_path / f"engine-rewind-engine-{len(engines.procs) - 1}.log").read_text()
+    assert "rewound" in restarted, restarted[-3000:]
