@@ -11,7 +11,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from jetdag.engine import subjects as S
-from jetdag.engine.errors import NotFound
+from jetdag.engine.errors import NotFound, StaleOwner
 from jetdag.engine.events import (
     Command,
     DeadLetter,
@@ -128,9 +128,10 @@ class RunActor:
         )
 
     async def _step(self, batch: list[tuple[Event, Msg]]) -> None:
+        assumed_new = False
         if not self._loaded:
             if _fresh(*batch[0], time.time()):
-                self._loaded = True  # nothing to read: the snapshot is created by this step (revision 0)
+                self._loaded = assumed_new = True  # nothing to read: this step creates the snapshot (revision 0)
             else:
                 await self._load()
         commands: list[Command] = []
@@ -161,7 +162,19 @@ class RunActor:
         state = self._state
         if transitions and state is not None:
             await self._publish(state, commands, transitions)
-            self._revision = await self.ctx.runs.save(self.run_id, state.to_dict(), self._revision)
+            try:
+                self._revision = await self.ctx.runs.save(self.run_id, state.to_dict(), self._revision)
+            except StaleOwner:
+                if not assumed_new:
+                    raise
+                # It existed after all: a submission sent again by a consumer rewind (which numbers its
+                # deliveries from 1 again). Take the batch again from the stored snapshot; what this
+                # attempt published carries the message ids of the first time and is dropped as such.
+                log.info("run %s: submitted again; reading its snapshot", self.run_id)
+                self._state, self._loaded = None, False
+                await self._load()
+                await self._step(batch)
+                return
             self.ctx.counters.steps += 1
             await self._interrupt([c for c in commands if isinstance(c, InterruptTask)])
         for msg, delay in settle:

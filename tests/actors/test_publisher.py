@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -11,13 +12,18 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from jetdag.actors.run import FRESH, _fresh
+from jetdag.actors.system import System
 from jetdag.engine import subjects as S
+from jetdag.engine.client import Client
 from jetdag.engine.errors import StaleOwner
 from jetdag.engine.events import RunSubmitted, TaskSucceeded
 from jetdag.engine.ids import new_run_id
+from jetdag.engine.messages import MSG_ID, encode_event
+from jetdag.engine.model import one_task_spec
 from jetdag.engine.nats.publisher import Publisher, PublishRefused
 from jetdag.engine.nats.setup import acked, close, connect, ensure
 from jetdag.engine.stores.runs import RunStore
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -73,3 +79,29 @@ def test_only_a_first_delivery_of_a_new_ids_submission_skips_the_read() -> None:
     assert not _fresh(submitted, _delivered(now - 0.5), now + 2 * FRESH)  # handled long after it was stored
     assert not _fresh(RunSubmitted("nightly-2026-11-23", "wf", 1, {}, now), _delivered(now), now)  # chosen by hand
     assert not _fresh(TaskSucceeded(run_id, "a", 1, now), _delivered(now), now)
+
+
+async def test_a_run_submitted_again_as_new_is_read_and_left_as_it_is(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer rewind delivers a handled submission again, numbered 1: the actor takes it for a new run,
+    its create fails, and it reads the snapshot instead of crashing or starting the run over."""
+    async with System(nats_url, concurrency=4, idle_timeout=0.05), await Client.connect(nats_url) as client:
+        run_id = await client.enqueue("noop")
+        await client.wait(run_id, timeout=20)
+        stored = await client.runs.load(run_id)
+        again = RunSubmitted(run_id, "noop", 0, {}, time.time(), spec=one_task_spec("noop", "default", None, 5))
+        subject = S.event_subject(S.partition_of(run_id), run_id)
+        sent = 0
+
+        async def resubmitted() -> bool:
+            # Until one reaches a fresh actor: while the run's actor lives, it ignores them as it should.
+            nonlocal sent
+            sent += 1
+            await client.js.publish(subject, encode_event(again), headers={MSG_ID: f"{run_id}:again:{sent}"})
+            return "submitted again" in caplog.text
+
+        with caplog.at_level(logging.INFO, logger="jetdag.actors.run"):
+            await eventually(resubmitted, interval=0.05)
+        assert await client.runs.load(run_id) == stored
+        assert "crashed" not in caplog.text
