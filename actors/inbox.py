@@ -25,8 +25,8 @@ from jetdag.engine.events import RunSubmitted
 from jetdag.engine.ids import derived_run_id
 from jetdag.engine.messages import MSG_ID, encode_event, unpack_map
 from jetdag.engine.model import one_task_spec
+from jetdag.engine.nats.publisher import acked
 from jetdag.engine.nats.pull import Puller
-from jetdag.engine.nats.setup import acked
 
 from .context import EngineContext
 from .rejects import reject

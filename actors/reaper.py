@@ -34,8 +34,7 @@ from nats.js.kv import KeyValue
 from jetdag.engine import subjects as S
 from jetdag.engine.events import TaskFailed
 from jetdag.engine.messages import MSG_ID, encode_event, msg_id
-from jetdag.engine.nats.publisher import Publisher
-from jetdag.engine.nats.setup import acked
+from jetdag.engine.nats.publisher import Publisher, acked
 from jetdag.engine.workers import dead_after, running_tasks
 
 log = logging.getLogger(__name__)

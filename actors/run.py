@@ -37,7 +37,7 @@ from jetdag.engine.messages import (
     pack,
 )
 from jetdag.engine.model import WorkflowSpec
-from jetdag.engine.nats.setup import acked
+from jetdag.engine.nats.publisher import acked
 from jetdag.engine.run import decide
 from jetdag.engine.state import RunState, RunStatus, new_run
 

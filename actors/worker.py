@@ -32,9 +32,9 @@ from jetdag.engine.errors import MessageRejected
 from jetdag.engine.events import Event, TaskFailed, TaskStarted, TaskSucceeded
 from jetdag.engine.handlers import Fail, Retry, TaskContext, call, get_handler, registered
 from jetdag.engine.messages import MSG_ID, TaskMessage, decode_task, encode_event, msg_id, pack
-from jetdag.engine.nats.publisher import Publisher
+from jetdag.engine.nats.publisher import Publisher, acked
 from jetdag.engine.nats.pull import Fetcher
-from jetdag.engine.nats.setup import acked, farewell
+from jetdag.engine.nats.setup import farewell
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.workers import HEARTBEAT, RunningTask, superseded
 

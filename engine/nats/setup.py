@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -20,8 +20,6 @@ from jetdag.engine import subjects as S
 from jetdag.engine.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,25 +63,6 @@ async def connect(url: str, name: str) -> NATS:
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
     )
-
-
-PUBLISH_TIMEOUT = 5.0
-"""How long to wait for JetStream to acknowledge a publish (nats-py's own default for requests)."""
-
-
-async def acked(futures: Sequence[asyncio.Future[T]], timeout: float = PUBLISH_TIMEOUT) -> list[T]:
-    """The results of publish futures (`Publisher.publish`); TimeoutError after `timeout` seconds.
-
-    A publish never fails by itself: one lost with a server that died (the client had written it to
-    that socket, or the stream leader was there) would be waited for forever. The caller treats the
-    timeout as a failed publish and publishes again with the same message ids.
-    """
-    try:
-        async with asyncio.timeout(timeout):
-            return [await future for future in futures]  # all in flight already: no gather needed
-    finally:
-        for future in futures:
-            future.cancel()  # a no-op when done
 
 
 async def farewell(*goodbyes: Awaitable[Any], timeout: float = 2.0) -> None:

@@ -17,8 +17,7 @@ from nats.js.kv import KeyValue
 
 from jetdag.engine import subjects as S
 from jetdag.engine.errors import StaleOwner
-from jetdag.engine.nats.publisher import WRONG_LAST_SEQUENCE, Publisher, PublishRefused
-from jetdag.engine.nats.setup import acked
+from jetdag.engine.nats.publisher import WRONG_LAST_SEQUENCE, Publisher, PublishRefused, acked
 
 log = logging.getLogger(__name__)
 

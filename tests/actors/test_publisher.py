@@ -20,8 +20,8 @@ from jetdag.engine.events import RunSubmitted, TaskSucceeded
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.messages import MSG_ID, encode_event
 from jetdag.engine.model import one_task_spec
-from jetdag.engine.nats.publisher import Publisher, PublishRefused
-from jetdag.engine.nats.setup import acked, close, connect, ensure
+from jetdag.engine.nats.publisher import Publisher, PublishRefused, acked
+from jetdag.engine.nats.setup import close, connect, ensure
 from jetdag.engine.stores.runs import RunStore
 from tests.helpers import eventually
 
@@ -105,3 +105,13 @@ async def test_a_run_submitted_again_as_new_is_read_and_left_as_it_is(
             await eventually(resubmitted, interval=0.05)
         assert await client.runs.load(run_id) == stored
         assert "crashed" not in caplog.text
+
+
+async def test_a_publish_no_one_acknowledges_times_out(nc: NATS) -> None:
+    await nc.subscribe("t.silent")  # someone listens, so no "no responders", but nobody acknowledges
+    publisher = Publisher(nc, timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"publish to t\.silent: no ack"):
+        await acked([await publisher.publish("t.silent", b"x")])
+    assert time.monotonic() - started < 2
+    assert not publisher._pending  # nothing left behind
