@@ -58,34 +58,39 @@ class RunActor:
 
     def __init__(self, ctx: EngineContext, partition: int, run_id: str, on_done: Any) -> None:
         self.ctx, self.partition, self.run_id = ctx, partition, run_id
-        self.mailbox: asyncio.Queue[tuple[Event, Msg]] = asyncio.Queue()
+        self.mailbox: asyncio.Queue[tuple[Event, Msg] | None] = asyncio.Queue()
         self._on_done = on_done  # called with the number of messages settled (puller credit)
         self._state: RunState | None = None
         self._revision = 0
         self._loaded = False
         self.stopped = False
+        self.idle_since = asyncio.get_running_loop().time()
+        """When the actor last finished a batch; its partition passivates it after `idle_timeout` (see `idle`)."""
 
     def tell(self, event: Event, msg: Msg) -> None:
         self.mailbox.put_nowait((event, msg))
 
+    def idle(self) -> None:
+        """Stop once the mailbox is empty: a partition's sweep tells this to actors idle for long. One
+        timer per partition instead of a timeout around every mailbox read."""
+        self.mailbox.put_nowait(None)
+
     async def run(self) -> None:
-        """Process batches until idle for `idle_timeout`; on a crash, nak the batch and let the supervisor restart."""
+        """Process batches until told it is idle; on a crash, nak the batch and let the supervisor restart."""
         while True:
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-                # races with a message arriving, and the actor would outlive its shutdown.
-                async with asyncio.timeout(self.ctx.idle_timeout):
-                    first = await self.mailbox.get()
-            except TimeoutError:
+            first = await self.mailbox.get()
+            if first is None:
                 if self.mailbox.empty():
                     self.stopped = True  # passivate: the partition spawns a fresh actor on the next event
                     return
-                continue
+                continue  # work came in after the sweep looked
             batch = [first]
             while not self.mailbox.empty():
-                batch.append(self.mailbox.get_nowait())
+                if (more := self.mailbox.get_nowait()) is not None:
+                    batch.append(more)
             try:
                 await self._step(batch)
+                self.idle_since = asyncio.get_running_loop().time()
             except BaseException:
                 self._loaded = False  # memory may be ahead of the store: reload on restart
                 for _, msg in batch:
