@@ -35,6 +35,7 @@ from jetdag.engine.events import Event, RunCancel, RunPause, RunResume, RunSubmi
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.messages import MSG_ID, command_id, encode_event, pack
 from jetdag.engine.model import WorkflowSpec, one_task_spec
+from jetdag.engine.nats.publisher import acked
 from jetdag.engine.nats.setup import close, connect
 from jetdag.engine.run import rerun_done, why_not
 from jetdag.engine.schedules import has_schedule, schedule_view
@@ -71,6 +72,7 @@ class Client:
         self, nc: NATS, js: JetStreamContext, runs: RunStore, defs: DefStore, schedules: ScheduleStore
     ) -> None:
         self.nc, self.js, self.runs, self.defs, self.schedules = nc, js, runs, defs, schedules
+        self.publisher = runs.publisher
 
     @classmethod
     async def connect(cls, url: str, name: str = "jetdag-client", timeout: float = 5.0) -> Client:
@@ -167,7 +169,8 @@ class Client:
         if not S.is_token(event.run_id) or len(event.run_id) > 64:
             raise SubmissionError(f"run id {event.run_id!r}: use up to 64 letters, digits, '-' and '_'")
         subject = S.event_subject(S.partition_of(event.run_id), event.run_id)
-        await self.js.publish(subject, encode_event(event), headers={MSG_ID: f"{event.run_id}:submit"})
+        headers = {MSG_ID: f"{event.run_id}:submit"}
+        await acked([await self.publisher.publish(subject, encode_event(event), headers)])
         return event.run_id
 
     async def status(self, run_id: str) -> dict[str, Any]:
