@@ -17,6 +17,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
 
 from jetdag.engine.errors import JetdagError
 
@@ -35,6 +36,15 @@ class PublishRefused(JetdagError):
     def __init__(self, subject: str, description: str, code: int = 0) -> None:
         super().__init__(f"publish to {subject}: {description}")
         self.subject, self.code = subject, code
+
+
+class StreamUnavailable(PublishRefused, NoRespondersError):
+    """No stream answered: none takes the subject, or (in a cluster) its leader is being elected. Also a
+    nats-py NoRespondersError, as nats-py's own publish raises then, so callers that retry on NATS errors
+    retry on this one."""
+
+    def __str__(self) -> str:
+        return PublishRefused.__str__(self)
 
 
 class Publisher:
@@ -89,8 +99,8 @@ class Publisher:
         future, subject, _ = pending
         if future.done():
             return
-        if not msg.data:  # a status message: 503, no stream listens on the subject
-            future.set_exception(PublishRefused(subject, "no JetStream stream takes this subject"))
+        if not msg.data:  # a status message: 503, no stream listens on the subject (now)
+            future.set_exception(StreamUnavailable(subject, "no JetStream stream takes this subject (now)"))
             return
         ack = orjson.loads(msg.data)
         if "error" in ack:

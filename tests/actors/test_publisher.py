@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 
 from jetdag.actors.run import FRESH, _fresh
 from jetdag.actors.system import System
@@ -20,7 +21,7 @@ from jetdag.engine.events import RunSubmitted, TaskSucceeded
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.messages import MSG_ID, encode_event
 from jetdag.engine.model import one_task_spec
-from jetdag.engine.nats.publisher import Publisher, PublishRefused, acked
+from jetdag.engine.nats.publisher import Publisher, PublishRefused, StreamUnavailable, acked
 from jetdag.engine.nats.setup import close, connect, ensure
 from jetdag.engine.stores.runs import RunStore
 from tests.helpers import eventually
@@ -47,8 +48,9 @@ async def test_each_publish_resolves_to_its_stream_sequence(nc: NATS) -> None:
 
 async def test_a_subject_no_stream_takes_is_refused_by_name(nc: NATS) -> None:
     publisher = Publisher(nc)
-    with pytest.raises(PublishRefused, match=r"publish to jd\.nowhere\.at\.all: no JetStream stream"):
+    with pytest.raises(StreamUnavailable, match=r"publish to jd\.nowhere\.at\.all: no JetStream stream") as caught:
         await acked([await publisher.publish("jd.nowhere.at.all", b"x")])
+    assert isinstance(caught.value, PublishRefused) and isinstance(caught.value, NatsError)  # retried as nats-py's
     await publisher.stop()
 
 
@@ -102,7 +104,7 @@ async def test_a_run_submitted_again_as_new_is_read_and_left_as_it_is(
             return "submitted again" in caplog.text
 
         with caplog.at_level(logging.INFO, logger="jetdag.actors.run"):
-            await eventually(resubmitted, interval=0.05)
+            await eventually(resubmitted, interval=0.3)  # longer than the idle timeout: the actor passivates
         assert await client.runs.load(run_id) == stored
         assert "crashed" not in caplog.text
 
