@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from jetdag.engine.nats.publisher import Publisher
 from jetdag.engine.stores.defs import DefStore
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.subjects import DEFAULT_PARTITIONS
@@ -25,6 +26,7 @@ class EngineContext:
     nc: NATS
     js: JetStreamContext
     runs: RunStore
+    publisher: Publisher
     defs: DefStore
     engine_id: str
     partitions: int = DEFAULT_PARTITIONS

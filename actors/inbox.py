@@ -25,6 +25,7 @@ from jetdag.engine.events import RunSubmitted
 from jetdag.engine.ids import derived_run_id
 from jetdag.engine.messages import MSG_ID, encode_event, unpack_map
 from jetdag.engine.model import one_task_spec
+from jetdag.engine.nats.publisher import acked
 from jetdag.engine.nats.pull import Puller
 
 from .context import EngineContext
@@ -62,7 +63,8 @@ class Inbox:
         try:
             event = await self.submission(msg)
             subject = S.event_subject(S.partition_of(event.run_id, self.ctx.partitions), event.run_id)
-            await self.ctx.js.publish(subject, encode_event(event), headers={MSG_ID: f"{event.run_id}:submit"})
+            headers = {MSG_ID: f"{event.run_id}:submit"}
+            await acked([await self.ctx.publisher.publish(subject, encode_event(event), headers)])
             await msg.ack()
         except MessageRejected as err:
             self.ctx.counters.rejected += 1

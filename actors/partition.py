@@ -67,11 +67,20 @@ class PartitionOwner:
         )
         await self._puller.start()
         try:
-            await asyncio.Event().wait()
+            while True:
+                await asyncio.sleep(self.ctx.idle_timeout / 2)
+                self._passivate_idle()
         finally:
             await self._puller.stop()
             await self.supervisor.stop()
             self.actors.clear()
+
+    def _passivate_idle(self) -> None:
+        """Tell each actor idle for `idle_timeout` to stop: its run lives on in KV until its next event."""
+        now = asyncio.get_running_loop().time()
+        for actor in self.actors.values():
+            if not actor.stopped and actor.mailbox.empty() and now - actor.idle_since >= self.ctx.idle_timeout:
+                actor.idle()
 
     def _route(self, msg: Msg) -> None:
         try:

@@ -34,6 +34,7 @@ from nats.js.kv import KeyValue
 from jetdag.engine import subjects as S
 from jetdag.engine.events import TaskFailed
 from jetdag.engine.messages import MSG_ID, encode_event, msg_id
+from jetdag.engine.nats.publisher import Publisher, acked
 from jetdag.engine.workers import dead_after, running_tasks
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Reaper:
         self, nc: NATS, js: JetStreamContext, engine_id: str, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.nc, self.js, self.engine_id, self.clock = nc, js, engine_id, clock
+        self.publisher = Publisher(nc)
         # Every worker's last beat as this reaper received it. The bucket's TTL (Topology.worker_ttl)
         # removes a dead worker's entry without a trace in the watch (no delete marker is written),
         # and it may do so before the worker is presumed dead (an engine that starts late sees the
@@ -157,8 +159,8 @@ class Reaper:
                 details={"reaped_by": self.engine_id, "last_beat": info.get("beat"), "host": info.get("host")},
             )  # fmt: skip
             headers = {MSG_ID: msg_id(t.run, t.task, t.attempt, "reaped")}
-            futures.append(await self.js.publish_async(t.reply, encode_event(event), headers=headers))
-        await asyncio.gather(*futures)
+            futures.append(await self.publisher.publish(t.reply, encode_event(event), headers))
+        await acked(futures)
         self.reaped += 1
         if tasks:
             names = ", ".join(f"{t.run}/{t.task}#{t.attempt}" for t in tasks)

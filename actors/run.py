@@ -11,7 +11,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from jetdag.engine import subjects as S
-from jetdag.engine.errors import NotFound
+from jetdag.engine.errors import NotFound, StaleOwner
 from jetdag.engine.events import (
     Command,
     DeadLetter,
@@ -25,6 +25,7 @@ from jetdag.engine.events import (
     TaskDue,
     Transition,
 )
+from jetdag.engine.ids import run_time
 from jetdag.engine.messages import (
     MSG_ID,
     TaskMessage,
@@ -36,7 +37,7 @@ from jetdag.engine.messages import (
     pack,
 )
 from jetdag.engine.model import WorkflowSpec
-from jetdag.engine.nats.setup import acked
+from jetdag.engine.nats.publisher import acked
 from jetdag.engine.run import decide
 from jetdag.engine.state import RunState, RunStatus, new_run
 
@@ -47,40 +48,49 @@ log = logging.getLogger(__name__)
 MAX_EARLY_DELIVERIES = 50
 """An event still ahead of its cause after this many deliveries names a run that will never exist."""
 
+FRESH = 60.0
+"""A submission stored within this many seconds of its run id's creation, and handled within as many
+seconds of being stored, starts a run that cannot exist yet: see `_fresh`."""
+
 
 class RunActor:
     """Owns one run while it has work; its mailbox holds (event, message) pairs from the partition."""
 
     def __init__(self, ctx: EngineContext, partition: int, run_id: str, on_done: Any) -> None:
         self.ctx, self.partition, self.run_id = ctx, partition, run_id
-        self.mailbox: asyncio.Queue[tuple[Event, Msg]] = asyncio.Queue()
+        self.mailbox: asyncio.Queue[tuple[Event, Msg] | None] = asyncio.Queue()
         self._on_done = on_done  # called with the number of messages settled (puller credit)
         self._state: RunState | None = None
         self._revision = 0
         self._loaded = False
         self.stopped = False
+        self.idle_since = asyncio.get_running_loop().time()
+        """When the actor last finished a batch; its partition passivates it after `idle_timeout` (see `idle`)."""
 
     def tell(self, event: Event, msg: Msg) -> None:
         self.mailbox.put_nowait((event, msg))
 
+    def idle(self) -> None:
+        """Stop once the mailbox is empty: a partition's sweep tells this to actors idle for long. One
+        timer per partition instead of a timeout around every mailbox read."""
+        self.mailbox.put_nowait(None)
+
     async def run(self) -> None:
-        """Process batches until idle for `idle_timeout`; on a crash, nak the batch and let the supervisor restart."""
+        """Process batches until told it is idle; on a crash, nak the batch and let the supervisor restart."""
         while True:
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-                # races with a message arriving, and the actor would outlive its shutdown.
-                async with asyncio.timeout(self.ctx.idle_timeout):
-                    first = await self.mailbox.get()
-            except TimeoutError:
+            first = await self.mailbox.get()
+            if first is None:
                 if self.mailbox.empty():
                     self.stopped = True  # passivate: the partition spawns a fresh actor on the next event
                     return
-                continue
+                continue  # work came in after the sweep looked
             batch = [first]
             while not self.mailbox.empty():
-                batch.append(self.mailbox.get_nowait())
+                if (more := self.mailbox.get_nowait()) is not None:
+                    batch.append(more)
             try:
                 await self._step(batch)
+                self.idle_since = asyncio.get_running_loop().time()
             except BaseException:
                 self._loaded = False  # memory may be ahead of the store: reload on restart
                 for _, msg in batch:
@@ -123,8 +133,12 @@ class RunActor:
         )
 
     async def _step(self, batch: list[tuple[Event, Msg]]) -> None:
+        assumed_new = False
         if not self._loaded:
-            await self._load()
+            if _fresh(*batch[0], time.time()):
+                self._loaded = assumed_new = True  # nothing to read: this step creates the snapshot (revision 0)
+            else:
+                await self._load()
         commands: list[Command] = []
         transitions: list[Transition] = []
         settle: list[tuple[Msg, float | None]] = []
@@ -153,7 +167,19 @@ class RunActor:
         state = self._state
         if transitions and state is not None:
             await self._publish(state, commands, transitions)
-            self._revision = await self.ctx.runs.save(self.run_id, state.packed(), self._revision)
+            try:
+                self._revision = await self.ctx.runs.save(self.run_id, state.packed(), self._revision)
+            except StaleOwner:
+                if not assumed_new:
+                    raise
+                # It existed after all: a submission sent again by a consumer rewind (which numbers its
+                # deliveries from 1 again). Take the batch again from the stored snapshot; what this
+                # attempt published carries the message ids of the first time and is dropped as such.
+                log.info("run %s: submitted again; reading its snapshot", self.run_id)
+                self._state, self._loaded = None, False
+                await self._load()
+                await self._step(batch)
+                return
             self.ctx.counters.steps += 1
             await self._interrupt([c for c in commands if isinstance(c, InterruptTask)])
         for msg, delay in settle:
@@ -162,7 +188,7 @@ class RunActor:
 
     async def _publish(self, state: RunState, commands: list[Command], transitions: list[Transition]) -> None:
         """Every command and the step record, awaited together: published before the state that caused them."""
-        js, p, run = self.ctx.js, self.partition, self.run_id
+        publish, p, run = self.ctx.publisher.publish, self.partition, self.run_id
         reply = S.event_subject(p, run)
         futures = []
         for cmd in commands:
@@ -210,12 +236,12 @@ class RunActor:
                     )
             about = ("", 0) if isinstance(cmd, ScheduleDeadline) else (cmd.task, cmd.attempt)
             headers = {MSG_ID: msg_id(run, *about, kind)}
-            futures.append(await js.publish_async(subject, data, headers=headers))
+            futures.append(await publish(subject, data, headers))
         # The step's id hashes its transitions: a step redone after a crash with other events is kept too.
         digest = zlib.crc32("|".join(f"{t.task}:{t.attempt}:{t.status}" for t in transitions).encode())
         headers = {MSG_ID: f"{run}:step:{state.seq}:{digest:08x}"}
         step = encode_step(run, state.seq, state.status.value, transitions)
-        futures.append(await js.publish_async(S.step_subject(p, run), step, headers=headers))
+        futures.append(await publish(S.step_subject(p, run), step, headers))
         await acked(futures)  # bounded: a publish lost with a dying server crashes the step, which is redone
 
     async def _interrupt(self, interrupts: list[InterruptTask]) -> None:
@@ -225,6 +251,27 @@ class RunActor:
                 await self.ctx.nc.publish(S.INTERRUPT, encode_interrupt(self.run_id, cmd.task, cmd.attempt))
             except Exception as exc:
                 log.debug("run %s: interrupt of %s#%d not sent: %s", self.run_id, cmd.task, cmd.attempt, exc)
+
+
+def _fresh(event: Event, msg: Msg, now: float) -> bool:
+    """Whether `event` submits a run whose snapshot cannot exist yet, so the actor need not read it.
+
+    Two submissions of one run id that are both stored in `JD_EVENTS` are at least its duplicate window
+    (120 s, Topology.duplicate_window) apart: the second is dropped as a duplicate otherwise. This one was
+    stored within FRESH s of the moment its id was made (run ids carry it) and is handled within FRESH s
+    of being stored, so an earlier one would predate the id and a later one is not stored yet. Ids chosen
+    by hand (not time-ordered) and redeliveries are read first. Were it wrong anyway (clocks more than a
+    minute apart), the create fails as StaleOwner and the step is redone from the stored snapshot, its
+    commands deduplicated by their message ids.
+    """
+    if not isinstance(event, RunSubmitted) or _deliveries(msg) > 1:
+        return False
+    try:
+        stored = msg.metadata.timestamp.timestamp()
+        made = run_time(event.run_id)
+    except Exception:
+        return False
+    return abs(stored - made) < FRESH and now - stored < FRESH
 
 
 def _deliveries(msg: Msg) -> int:

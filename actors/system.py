@@ -69,8 +69,9 @@ class System:
         js = self.nc.jetstream()
         await ensure(js, self.topology)
         if self.with_engine:
+            runs = await RunStore.open(self.nc, js)
             ctx = EngineContext(
-                nc=self.nc, js=js, runs=await RunStore.open(js), defs=await DefStore.open(js),
+                nc=self.nc, js=js, runs=runs, publisher=runs.publisher, defs=await DefStore.open(js),
                 engine_id=self.engine_id, partitions=self.partitions, idle_timeout=self.idle_timeout,
             )  # fmt: skip
             self.engine = Engine(ctx, lease_ttl=self.topology.lease_ttl)

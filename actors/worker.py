@@ -32,8 +32,9 @@ from jetdag.engine.errors import MessageRejected
 from jetdag.engine.events import Event, TaskFailed, TaskStarted, TaskSucceeded
 from jetdag.engine.handlers import Fail, Retry, TaskContext, call, get_handler, registered
 from jetdag.engine.messages import MSG_ID, TaskMessage, decode_task, encode_event, msg_id, pack
+from jetdag.engine.nats.publisher import Publisher, acked
 from jetdag.engine.nats.pull import Fetcher
-from jetdag.engine.nats.setup import acked, farewell
+from jetdag.engine.nats.setup import farewell
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.workers import HEARTBEAT, RunningTask, superseded
 
@@ -97,6 +98,7 @@ class Worker:
         heartbeat: float = HEARTBEAT,
     ) -> None:
         self.nc, self.js, self.queues, self.concurrency = nc, js, queues, concurrency
+        self.publisher = Publisher(nc)
         self.id = worker_id or new_worker_id()
         self.drain_timeout = drain_timeout
         self.heartbeat = heartbeat
@@ -124,7 +126,7 @@ class Worker:
         """Handlers stopped because their run was cancelled."""
 
     async def run(self) -> None:
-        self._runs = await RunStore.open(self.js)
+        self._runs = await RunStore.open(self.nc, self.js)
         for queue in self.queues:
             for prio in S.PRIORITIES:
                 await self.js.add_consumer(S.TASKS, config=task_consumer_config(queue, prio))
@@ -387,7 +389,7 @@ class Worker:
         for tries_left in (2, 1, 0):
             # A publish lost with a dying server is never answered: send it again (the same id is deduped).
             try:
-                await acked([await self.js.publish_async(task.reply, data, headers=headers)])
+                await acked([await self.publisher.publish(task.reply, data, headers)])
                 return
             except TimeoutError:
                 if not tries_left:

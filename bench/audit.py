@@ -6,7 +6,7 @@ go through `AuditStore.ingest` in batches of the auditor's size, so the figure i
 NATS delivery in front of it is measured by the throughput benchmark. Then the summary the CLI and
 API serve (`run_timings` + `summarize`) is timed for random runs of the full log.
 
-    .venv/bin/python bench/audit.py [--events 10000000] [--batch 2000] [--samples 200]
+    jetdag bench audit [--events 10000000] [--batch 10000] [--samples 200] [--json]
 """
 
 from __future__ import annotations
@@ -20,16 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
+import harness
 from harness import audit_batches, percentile
-from machine import machine
 
 from jetdag.engine.audit.store import AuditStore
 from jetdag.engine.audit.summary import summarize
 from jetdag.engine.events import RunSubmitted, TaskStarted, TaskSucceeded, Transition
 from jetdag.engine.messages import encode_event, encode_step
 
-RESULTS = Path(__file__).parent / "results" / "audit.jsonl"
 TASKS = 5
 PER_RUN = 2 + 3 * TASKS
 
@@ -81,38 +79,28 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             assert summary.critical_path == tuple(parents), summary.critical_path
         counts = store.counts()
         store.close()
-    return {
-        "workload": "audit",
-        "events": events,
-        "runs": runs,
-        "batch": args.batch,
-        "ingest_events_per_s": round(events / ingest_s),
-        "ingest_s": round(ingest_s, 1),
-        "file_mb": round(size_mb),
-        "rows": counts,
-        "summary_p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "summary_p99_ms": round(percentile(latencies, 99) * 1000, 2),
-        "machine": machine(),
-    }
+    return harness.record(
+        "audit",
+        events=events,
+        runs=runs,
+        batch=args.batch,
+        ingest_events_per_s=round(events / ingest_s),
+        ingest_s=round(ingest_s, 1),
+        file_mb=round(size_mb),
+        rows=counts,
+        summary_p50_ms=round(statistics.median(latencies) * 1000, 2),
+        summary_p99_ms=round(percentile(latencies, 99) * 1000, 2),
+    )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, "audit")
     parser.add_argument("--events", type=int, default=10_000_000, help="events in the log (default 10,000,000)")
     parser.add_argument("--batch", type=int, default=10_000, help="events per transaction (the auditor's most)")
     parser.add_argument("--samples", type=int, default=200, help="summaries to time")
-    parser.add_argument("--no-save", action="store_true", help=f"do not append to {RESULTS}")
     args = parser.parse_args()
-    record = main(args)
-    if not args.no_save:
-        RESULTS.parent.mkdir(exist_ok=True)
-        with RESULTS.open("ab") as f:
-            f.write(orjson.dumps(record) + b"\n")
-    m = record["machine"]
-    print(
-        f"audit: {record['events']:,} events ({record['runs']:,} runs of a {TASKS}-task chain), batches of {args.batch}"
-    )
-    rate, took, size = record["ingest_events_per_s"], record["ingest_s"], record["file_mb"]
-    print(f"  ingest  {rate:>10,} events/s   ({took} s, file {size} MB)")
-    print(f"  summary p50 {record['summary_p50_ms']} ms   p99 {record['summary_p99_ms']} ms   (over the full log)")
-    print(f"  on {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, Python {m['python']}")
+    rec = main(args)
+    title = f"audit: {rec['events']:,} events ({rec['runs']:,} runs of a {TASKS}-task chain), batches of {args.batch}"
+    columns = ["ingest events/s", "ingest s", "file MB", "summary p50 ms", "summary p99 ms"]
+    row = [rec["ingest_events_per_s"], rec["ingest_s"], rec["file_mb"], rec["summary_p50_ms"], rec["summary_p99_ms"]]
+    harness.finish(args, rec, title, columns, [row])

@@ -10,7 +10,7 @@ engine applies that. Each end is the arrival here of the engine's step record in
 succeeded (a core subscription on `jd.evt.*.*.step`, timestamped on arrival). The distribution is
 over every step of every counted run; a run's total is from its submit to its final step record.
 
-    jetdag bench chain [--steps 100] [--runs 5] [--warmup 1] [--workers 2] [--concurrency 2]
+    jetdag bench chain [--steps 100] [--runs 5] [--warmup 1] [--workers 2] [--concurrency 256]
 """
 
 from __future__ import annotations
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100, help="tasks in the chain (default 100)")
     parser.add_argument("--runs", type=int, default=5, help="runs measured, one after the other (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="runs before them, not counted (default 1)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--concurrency", type=int, default=2, help="tasks per worker at once (default 2)")
+    harness.add_workers(parser)
     args = parser.parse_args(argv)
     if args.steps < 2 or args.runs < 1:
         parser.error("--steps must be at least 2 and --runs at least 1")

@@ -7,7 +7,7 @@ is timed from just before `Client.submit` to the arrival of the engine's step re
 (a core subscription on `jd.evt.*.*.step`). With the default 2 x 2 worker slots the N tasks queue
 up: the figure is the whole path's cost per task more than any one task's latency.
 
-    jetdag bench fanout [--width 500] [--reps 5] [--warmup 1] [--workers 2] [--concurrency 2]
+    jetdag bench fanout [--width 500] [--reps 5] [--warmup 1] [--workers 2] [--concurrency 256]
 """
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=500, help="parallel tasks between root and join (default 500)")
     parser.add_argument("--reps", type=int, default=5, help="runs measured, one after the other (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="runs before them, not counted (default 1)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--concurrency", type=int, default=2, help="tasks per worker at once (default 2)")
+    harness.add_workers(parser)
     parser.add_argument("--timeout", type=float, default=300, help="seconds one run may take (default 300)")
     args = parser.parse_args(argv)
     if args.width < 1 or args.reps < 1:

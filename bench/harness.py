@@ -101,6 +101,14 @@ def stop(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 30.0) -> Non
             p.wait()
 
 
+WORKERS = 2
+CONCURRENCY = 256
+"""Every workload's worker processes by default: one per core of the reference machine, each with as many
+slots as an async worker gives no-op tasks (taskiq's workers hold 100 each by default; Celery's prefork
+pool runs 2 processes, see compare.py). With 2 slots each, four tasks in flight made the worker's fetch
+and result round trips, not the engine, the bound of `runs` (490 runs/s at 2, 1,130 at 256)."""
+
+
 class Stack:
     """nats-server (JetStream in a temp dir) and the processes started with `spawn`; all stopped on exit."""
 
@@ -170,6 +178,20 @@ class Stack:
     def workers(self, n: int, concurrency: int) -> list[subprocess.Popen[bytes]]:
         return [self.spawn(f"worker{i}", "worker", "--concurrency", str(concurrency)) for i in range(n)]
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each kind of process: nats-server, engine(s), workers, this benchmark."""
+        out = {"server": cpu_seconds(self._server.proc.pid) if self._server and self._server.proc else 0.0}
+        for name, p in self.procs.items():
+            kind = name.rstrip("0123456789")
+            out[kind] = out.get(kind, 0.0) + cpu_seconds(p.pid)
+        out["bench"] = cpu_seconds(os.getpid())
+        return out
+
+    def cpu_per(self, before: dict[str, float], n: int) -> dict[str, float]:
+        """Milliseconds of CPU per unit of work (n units) of each kind of process since `before`."""
+        after = self.cpu()
+        return {f"cpu_ms_{k}": round((after[k] - before.get(k, 0.0)) * 1000 / n, 3) for k in after}
+
     def check_alive(self) -> None:
         for name, p in self.procs.items():
             if p.poll() is not None:
@@ -197,7 +219,9 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(workers: int = 2, concurrency: int = 2, durability: str = "fast") -> AsyncIterator[Stack]:
+async def stack(
+    workers: int = WORKERS, concurrency: int = CONCURRENCY, durability: str = "fast"
+) -> AsyncIterator[Stack]:
     """nats-server, `jetdag engine` and `workers` x `jetdag worker --concurrency C`, ready for work."""
     async with Stack(durability=durability) as s:
         s.engine()
@@ -341,6 +365,14 @@ def parser(doc: str | None, bench: str) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the record as JSON only")
     p.add_argument("--no-save", action="store_true", help=f"do not append the record to {RESULTS / bench}.jsonl")
     return p
+
+
+def add_workers(p: argparse.ArgumentParser) -> None:
+    """--workers and --concurrency, with the defaults every workload shares."""
+    p.add_argument("--workers", type=int, default=WORKERS, help=f"worker processes (default {WORKERS})")
+    p.add_argument(
+        "--concurrency", type=int, default=CONCURRENCY, help=f"tasks per worker at once (default {CONCURRENCY})"
+    )
 
 
 def record(bench: str, **fields: Any) -> dict[str, Any]:

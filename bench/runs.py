@@ -6,7 +6,7 @@ workflow of three noop tasks in a chain is applied; `-n` runs of it are submitte
 over the seconds from the first submit to the arrival of the step record that ends the last run (a
 core subscription on `jd.evt.*.*.step`); a run's latency is from the start of the batch to its end.
 
-    jetdag bench runs [-n 500] [--warmup 50] [--workers 2] [--concurrency 2]
+    jetdag bench runs [-n 500] [--warmup 50] [--workers 2] [--concurrency 256]
 """
 
 from __future__ import annotations
@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(__doc__, "runs")
     parser.add_argument("-n", type=int, default=500, help="runs submitted at once (default 500)")
     parser.add_argument("--warmup", type=int, default=50, help="runs of a batch before, not counted (default 50)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--concurrency", type=int, default=2, help="tasks per worker at once (default 2)")
+    harness.add_workers(parser)
     parser.add_argument("--timeout", type=float, default=300, help="seconds the batch may take (default 300)")
     args = parser.parse_args(argv)
     if args.n < 1:

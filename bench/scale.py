@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--huge", action="store_true", help=f"also {HUGE:,} tasks")
     parser.add_argument("--shapes", nargs="+", choices=["wide", "deep"], default=["wide", "deep"])
     parser.add_argument("--chains", type=int, default=100, help="parallel chains of the deep shape (default 100)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--concurrency", type=int, default=2, help="tasks per worker at once (default 2)")
+    harness.add_workers(parser)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take (default 3600)")
     args = parser.parse_args(argv)
     if min(args.sizes) < 3 or args.chains < 1:

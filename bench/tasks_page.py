@@ -6,7 +6,7 @@ The log is filled through `AuditStore.ingest` with messages written as the engin
 rendered as the page handler does it (AuditStore.tasks, then Jinja on web/templates/tasks.html) for the
 first page, a filtered first page, and keyset pages deep in the log (cursors taken at 50 % and 95 %).
 
-    .venv/bin/python bench/tasks_page.py [--tasks 1000000] [--samples 50] [--db PATH]
+    jetdag bench tasks-page [--tasks 1000000] [--samples 50] [--db PATH] [--json]
 
 With `--db` the filled log is kept at PATH and a later run reuses it instead of filling it again (the
 fill takes minutes); a file of an older schema is migrated on open, as the auditor would.
@@ -15,7 +15,6 @@ fill takes minutes); a file of an older schema is migrated on open, as the audit
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 import tempfile
 import time
@@ -24,17 +23,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import harness
 import jinja2
-import orjson
 from harness import audit_batches, percentile
-from machine import machine
 
 from jetdag.engine.audit import schema
 from jetdag.engine.audit.store import AuditStore, encode_cursor
 from jetdag.engine.events import RunSubmitted, TaskFailed, TaskStarted, TaskSucceeded, Transition
 from jetdag.engine.messages import encode_event, encode_step
 
-RESULTS = Path(__file__).parent / "results" / "tasks_page.jsonl"
 TEMPLATES = Path(__file__).parent.parent / "web" / "templates"
 TASKS_PER_RUN = 10
 WORKFLOWS = ("etl_daily", "reports", "ingest", "cleanup")
@@ -137,40 +134,32 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         size_mb = path.stat().st_size / 2**20
         store.close()
     assert encode_cursor  # the cursor format the API gives out is the one measured here
-    return {
-        "bench": "tasks_page",
-        "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "schema": schema.VERSION,
-        "tasks": rows,
-        "events": events,
-        "page": PAGE,
-        "samples": args.samples,
-        "fill_s": fill_s,
-        "reused": reused,
-        "open_s": round(open_s, 2),
-        "file_mb": round(size_mb),
-        "cases": results,
-        "machine": machine(),
-    }
+    return harness.record(
+        "tasks_page",
+        schema=schema.VERSION,
+        tasks=rows,
+        events=events,
+        page=PAGE,
+        samples=args.samples,
+        fill_s=fill_s,
+        reused=reused,
+        open_s=round(open_s, 2),
+        file_mb=round(size_mb),
+        cases=results,
+    )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, "tasks_page")
     parser.add_argument("--tasks", type=int, default=1_000_000, help="task rows in the log (default 1,000,000)")
     parser.add_argument("--samples", type=int, default=50, help="renders timed per case")
     parser.add_argument("--db", type=Path, help="keep the log here; reuse it if it exists (no fill)")
-    parser.add_argument("--no-save", action="store_true", help=f"do not append to {RESULTS}")
     args = parser.parse_args()
-    record = main(args)
-    if not args.no_save:
-        RESULTS.parent.mkdir(exist_ok=True)
-        with RESULTS.open("ab") as f:
-            f.write(orjson.dumps(record) + b"\n")
-    m = record["machine"]
-    filled = "reused" if record["reused"] else f"filled in {record['fill_s']} s"
-    print(f"tasks page: {record['tasks']:,} task rows ({record['events']:,} events, {filled}, "
-          f"file {record['file_mb']} MB), {PAGE} rows a page, {args.samples} renders each")  # fmt: skip
-    print(f"  {'case':<34} {'p50 ms':>8} {'p95 ms':>8}")
-    for name, r in record["cases"].items():
-        print(f"  {name:<34} {r['p50_ms']:>8} {r['p95_ms']:>8}")
-    print(f"  on {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, Python {m['python']}")
+    rec = main(args)
+    filled = "reused" if rec["reused"] else f"filled in {rec['fill_s']} s"
+    title = (
+        f"tasks page: {rec['tasks']:,} task rows ({rec['events']:,} events, {filled}, file {rec['file_mb']} MB), "
+        f"{PAGE} rows a page, {args.samples} renders each"
+    )
+    rows = [[name, r["p50_ms"], r["p95_ms"]] for name, r in rec["cases"].items()]
+    harness.finish(args, rec, title, ["case", "p50 ms", "p95 ms"], rows)

@@ -29,11 +29,13 @@ from jetdag.engine.errors import (
     JetdagError,
     NotFound,
     RunWaitTimeout,
+    SubmissionError,
 )
 from jetdag.engine.events import Event, RunCancel, RunPause, RunResume, RunSubmitted, TaskIgnore
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.messages import MSG_ID, command_id, encode_event, pack
-from jetdag.engine.model import WorkflowSpec
+from jetdag.engine.model import WorkflowSpec, one_task_spec
+from jetdag.engine.nats.publisher import acked
 from jetdag.engine.nats.setup import close, connect
 from jetdag.engine.run import rerun_done, why_not
 from jetdag.engine.schedules import has_schedule, schedule_view
@@ -70,6 +72,7 @@ class Client:
         self, nc: NATS, js: JetStreamContext, runs: RunStore, defs: DefStore, schedules: ScheduleStore
     ) -> None:
         self.nc, self.js, self.runs, self.defs, self.schedules = nc, js, runs, defs, schedules
+        self.publisher = runs.publisher
 
     @classmethod
     async def connect(cls, url: str, name: str = "jetdag-client", timeout: float = 5.0) -> Client:
@@ -80,7 +83,7 @@ class Client:
             raise ConfigError(f"cannot reach NATS at {url} (tried for {timeout:g}s): is `jetdag up` running?") from None
         js = nc.jetstream()
         try:
-            return cls(nc, js, await RunStore.open(js), await DefStore.open(js), await ScheduleStore.open(js))
+            return cls(nc, js, await RunStore.open(nc, js), await DefStore.open(js), await ScheduleStore.open(js))
         except BucketNotFoundError:
             await close(nc)
             raise ConfigError(
@@ -128,16 +131,15 @@ class Client:
         `logical_time` is the time its templates render (default: now); `meta` fills `{meta:key}`.
         """
         key = S.workflow_key(workflow)
-        await self.defs.get(key)  # NotFound now beats a failed run later
+        _, revision = await self.defs.get(key)  # NotFound now beats a failed run later
         run_id = run_id or new_run_id()
-        headers = {MSG_ID: run_id, RUN_ID_HEADER: run_id}
-        if logical_time is not None:
-            stamp = logical_time.timestamp() if isinstance(logical_time, dt.datetime) else float(logical_time)
-            headers[TIME_HEADER] = repr(stamp)
-        if meta:
-            headers[META_HEADER] = orjson.dumps(meta).decode()
-        await self.js.publish(S.submit_subject(key), pack(params or {}), headers=headers)
-        return run_id
+        if isinstance(logical_time, dt.datetime):
+            logical_time = logical_time.timestamp()
+        event = RunSubmitted(
+            run_id, key, revision, params or {}, time.time(),
+            logical_time=None if logical_time is None else float(logical_time), meta=meta or None,
+        )  # fmt: skip
+        return await self._start(event)
 
     async def enqueue(
         self,
@@ -150,14 +152,26 @@ class Client:
         run_id: str | None = None,
     ) -> str:
         """Run one task of `handler` as a run of its own; `delay` holds it back, `priority` orders it."""
-        run_id = run_id or new_run_id()
-        headers = {MSG_ID: run_id, RUN_ID_HEADER: run_id}
-        if delay is not None:
-            headers[DELAY_HEADER] = str(parse_duration(delay))
-        if priority is not None:
-            headers[PRIORITY_HEADER] = str(priority)
-        await self.js.publish(S.enqueue_subject(queue, handler), pack(payload), headers=headers)
-        return run_id
+        if not S.is_token(queue):
+            raise SubmissionError(f"queue {queue!r}: use letters, digits, '-' and '_'")
+        if not all(S.is_token(part) for part in handler.split(".")):
+            raise SubmissionError(f"handler {handler!r}: use letters, digits, '-', '_' and '.'")
+        if priority is not None and priority not in S.PRIORITIES:
+            raise SubmissionError(f"priority must be 0..9 (9 first), got {priority!r}")
+        run_id, now = run_id or new_run_id(), time.time()
+        spec = one_task_spec(handler, queue, payload, S.DEFAULT_PRIORITY if priority is None else priority)
+        not_before = now + parse_duration(delay) if delay is not None else None
+        return await self._start(RunSubmitted(run_id, handler, 0, {}, now, spec=spec, not_before=not_before))
+
+    async def _start(self, event: RunSubmitted) -> str:
+        """Write the submission into its run's partition, as the inbox does with what is published to
+        `jd.submit`/`jd.enqueue`: one hop less, and the same message id, so a retry starts one run."""
+        if not S.is_token(event.run_id) or len(event.run_id) > 64:
+            raise SubmissionError(f"run id {event.run_id!r}: use up to 64 letters, digits, '-' and '_'")
+        subject = S.event_subject(S.partition_of(event.run_id), event.run_id)
+        headers = {MSG_ID: f"{event.run_id}:submit"}
+        await acked([await self.publisher.publish(subject, encode_event(event), headers)])
+        return event.run_id
 
     async def status(self, run_id: str) -> dict[str, Any]:
         """The run's current view; NotFound when no engine has created it (yet)."""
@@ -228,9 +242,7 @@ class Client:
             logical_time=snapshot.get("logical_time"), meta=snapshot.get("meta") or None, done=done or None,
             rerun_of=run_id,
         )  # fmt: skip
-        subject = S.event_subject(S.partition_of(new), new)
-        await self.js.publish(subject, encode_event(event), headers={MSG_ID: f"{new}:submit"})
-        return new
+        return await self._start(event)
 
     async def _spec_of(self, run_id: str, snapshot: dict[str, Any]) -> WorkflowSpec:
         """The definition the run ran: its own (a single enqueued task) or its version in jd_defs."""

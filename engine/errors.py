@@ -52,6 +52,11 @@ class ControlError(JetdagError):
     rerunning a run that has not finished, rerunning from a task the run does not have."""
 
 
+class SubmissionError(JetdagError):
+    """A submission the client refuses before sending it: a run id, queue, handler or priority that a run
+    cannot have (the inbox rejects the same things when they are published to `jd.submit`/`jd.enqueue`)."""
+
+
 class ConfigError(JetdagError):
     """A setting is invalid or the environment cannot run jetdag; the message says what to change."""
 

@@ -31,6 +31,7 @@ from jetdag.engine.home import DataDir
 from jetdag.engine.model import WorkflowSpec
 from jetdag.engine.nats.server import NatsServer
 from jetdag.engine.nats.setup import Topology
+from jetdag.engine.runtime import tune_gc
 from jetdag.engine.workers import HEARTBEAT
 from jetdag.web.app import create_app
 
@@ -67,6 +68,7 @@ async def serve_roles(
     heartbeat: float = HEARTBEAT,
 ) -> int:
     """Run the engine, a worker and/or the auditor until SIGINT/SIGTERM."""
+    tune_gc()
     stop = asyncio.Event()
     _stop_on_signals(stop)
     async with System(
@@ -150,6 +152,7 @@ def _url_of(sock: socket.socket) -> str:
 
 async def serve_web(nats: str, http: str) -> int:
     """The web role alone (`jetdag web`): dashboard and API for the NATS at `nats`, until a signal."""
+    tune_gc()
     stop = asyncio.Event()
     _stop_on_signals(stop)
     sock = _bind(http)
@@ -186,6 +189,7 @@ async def run_up(
         raise ConfigError(f"--replicas {replicas} needs a NATS cluster: pass --nats URL of one (see deploy/nats/)")
     home = DataDir(data)
     home.lock()
+    tune_gc()
     sock = _bind(http)
     stop = asyncio.Event()
     _stop_on_signals(stop)

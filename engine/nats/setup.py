@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,27 +63,6 @@ async def connect(url: str, name: str) -> NATS:
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
     )
-
-
-PUBLISH_TIMEOUT = 5.0
-"""How long to wait for JetStream to acknowledge a publish (nats-py's own default for requests)."""
-
-
-async def acked(
-    futures: Sequence[asyncio.Future[js_api.PubAck]], timeout: float = PUBLISH_TIMEOUT
-) -> list[js_api.PubAck]:
-    """The acks of `publish_async` futures; TimeoutError after `timeout` seconds.
-
-    nats-py never fails such a future by itself: a publish lost with a server that died (the client
-    had written it to that socket, or the stream leader was there) would be waited for forever. The
-    caller treats the timeout as a failed publish and publishes again with the same message ids.
-    """
-    try:
-        async with asyncio.timeout(timeout):
-            return list(await asyncio.gather(*futures))
-    finally:
-        for future in futures:
-            future.cancel()  # a no-op when done; frees nats-py's slot for a pending publish otherwise
 
 
 async def farewell(*goodbyes: Awaitable[Any], timeout: float = 2.0) -> None:

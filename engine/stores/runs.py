@@ -8,28 +8,32 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from jetdag.engine import subjects as S
 from jetdag.engine.errors import StaleOwner
+from jetdag.engine.nats.publisher import WRONG_LAST_SEQUENCE, Publisher, PublishRefused, acked
 from jetdag.engine.stores import packing
 
 log = logging.getLogger(__name__)
+
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 
 
 class RunStore:
     """load / save / watch run snapshots; nothing above this module touches `jd_runs` directly."""
 
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
+    def __init__(self, kv: KeyValue, publisher: Publisher) -> None:
+        self.kv, self.publisher = kv, publisher
 
     @classmethod
-    async def open(cls, js: JetStreamContext) -> RunStore:
-        return cls(await js.key_value(S.RUNS_KV))
+    async def open(cls, nc: NATS, js: JetStreamContext) -> RunStore:
+        return cls(await js.key_value(S.RUNS_KV), Publisher(nc))
 
     async def load(self, run_id: str) -> tuple[dict[str, Any] | None, int]:
         """The snapshot and its revision; (None, 0) when the run does not exist."""
@@ -48,14 +52,18 @@ class RunStore:
         (packing.py). ValueTooLarge when even that is over max_payload.
         """
         data = packing.compress(snapshot) if isinstance(snapshot, bytes) else packing.encode(snapshot)
+        # Straight to the bucket's subject: a KV write is a publish expecting the key's last revision.
+        headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)}
         try:
-            if revision == 0:
-                return await self.kv.create(run_id, data)
-            return await self.kv.update(run_id, data, last=revision)
-        except KeyWrongLastSequenceError as exc:
-            raise StaleOwner(f"{S.RUNS_KV}/{run_id}", revision) from exc
+            future = await self.publisher.publish(f"$KV.{S.RUNS_KV}.{run_id}", data, headers)
         except MaxPayloadError:
             raise packing.too_large(f"the snapshot of run {run_id}", data, self.kv) from None
+        try:
+            return (await acked([future]))[0]
+        except PublishRefused as exc:
+            if exc.code == WRONG_LAST_SEQUENCE:
+                raise StaleOwner(f"{S.RUNS_KV}/{run_id}", revision) from exc
+            raise
 
     async def ids(self) -> list[str]:
         """Every run id, oldest first (run ids sort by creation time)."""

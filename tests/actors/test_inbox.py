@@ -16,6 +16,7 @@ from nats.js.api import RawStreamMsg
 from jetdag.actors.system import System
 from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
+from jetdag.engine.errors import SubmissionError
 from jetdag.engine.handlers import TaskContext, handler
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.model import TaskSpec, WorkflowSpec
@@ -167,3 +168,30 @@ async def test_bad_priority_and_non_map_params_are_dead_lettered_and_the_next_su
     good = await client.submit(ECHO.name, {"n": 1})
     assert (await client.wait(good, timeout=10))["status"] == "succeeded"
     assert [r["run_id"] for r in await client.runs_list()] == [good]
+
+
+async def test_the_client_writes_submissions_straight_into_the_runs_partition(client: Client, raw: NATS) -> None:
+    await client.apply(ECHO)
+    runs = [await client.submit(ECHO.name, {"n": 1}), await client.enqueue("t_inbox_payload", "direct")]
+    again = await client.submit(ECHO.name, {"n": 2}, run_id=runs[0])  # a retried call: the same run, once
+    assert again == runs[0]
+    for run_id in runs:
+        assert (await client.wait(run_id, timeout=10))["status"] == "succeeded"
+    assert (await client.status(runs[0]))["params"] == {"region": "eu", "n": 1}
+    assert (await raw.jetstream().stream_info(S.INBOX)).state.messages == 0  # no hop through JD_INBOX
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        ({"handler": "t_inbox_payload", "queue": "two words"}, "queue 'two words'"),
+        ({"handler": "has space"}, "handler 'has space'"),
+        ({"handler": "t_inbox_payload", "priority": 12}, "priority must be 0..9"),
+        ({"handler": "t_inbox_payload", "run_id": "a.b"}, "run id 'a.b'"),
+    ],
+)
+async def test_the_client_refuses_a_submission_no_run_can_have(
+    client: Client, call: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(SubmissionError, match=named):
+        await client.enqueue(**call)

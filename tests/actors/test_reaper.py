@@ -116,7 +116,7 @@ async def test_a_redelivered_task_of_a_stale_attempt_is_acked_without_running(na
     try:
         js = nc.jetstream()
         await ensure(js)
-        await (await RunStore.open(js)).save(run_id, state.to_dict(), 0)
+        await (await RunStore.open(nc, js)).save(run_id, state.to_dict(), 0)
         reply = S.event_subject(S.partition_of(run_id), run_id)
         for attempt in (1, 2):
             task = TaskMessage(run_id, spec.name, "a", attempt, "t_fence_count", None, {}, reply, queue=queue)
@@ -171,7 +171,8 @@ class _Conn:
 
 
 class _Store:
-    """Stands in for the JetStream calls the reaper makes: the last message of a key, publishes, deletes."""
+    """Stands in for the JetStream calls the reaper makes: the last message of a key, deletes, and its publisher's
+    publishes."""
 
     def __init__(self) -> None:
         self.last: dict[str, Any] = {}  # key -> RawStreamMsg-like, or absent (expired)
@@ -184,7 +185,7 @@ class _Store:
             raise NotFoundError
         return self.last[key]
 
-    async def publish_async(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
         self.published.append((subject, msgpack.unpackb(data, raw=False), headers[MSG_ID]))
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
@@ -204,6 +205,7 @@ def _beat(run_id: str = "01RUN", interval: float = 1.0) -> dict[str, Any]:
 def _judge() -> tuple[Any, _Store, _Conn, list[float]]:
     now, store, conn = [0.0], _Store(), _Conn()
     reaper = Reaper(conn, store, "e1", clock=lambda: now[0])  # type: ignore[arg-type]
+    reaper.publisher = store  # type: ignore[assignment]
     return reaper, store, conn, now
 
 

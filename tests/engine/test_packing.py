@@ -101,7 +101,7 @@ async def test_large_definitions_and_snapshots_go_through_the_stores(nats_url: s
     try:
         js = nc.jetstream()
         await ensure(js, Topology())
-        defs, runs = await DefStore.open(js), await RunStore.open(js)
+        defs, runs = await DefStore.open(js), await RunStore.open(nc, js)
         spec = big_spec("big", 5_000)
         assert (await defs.apply(spec))[0] is Applied.CREATED
         assert (await defs.kv.get("big")).value[:1] == packing.MARKER
@@ -127,7 +127,7 @@ async def test_a_value_too_large_even_compressed_is_refused_by_name_size_and_lim
     try:
         js = nc.jetstream()
         await ensure(js, Topology())
-        defs, runs = await DefStore.open(js), await RunStore.open(js)
+        defs, runs = await DefStore.open(js), await RunStore.open(nc, js)
         noise = os.urandom(9 * 1024 * 1024)  # random bytes do not compress: still over the 8 MB max_payload
         spec = WorkflowSpec("huge", (TaskSpec("a", "noop", payload=noise),))
         too_big = r"workflow 'huge' \(1 tasks\) does not fit in one NATS message: 9,437,[0-9]+ bytes packed, 9,"
