@@ -43,6 +43,7 @@ from jetdag.engine.messages import MSG_ID
 from jetdag.engine.model import TaskSpec, WorkflowSpec
 from jetdag.engine.nats.server import NatsServer
 from jetdag.engine.nats.setup import Topology, close, connect, ensure
+from jetdag.engine.runtime import tune_gc
 
 RESULTS = Path(__file__).parent / "results" / "live_runs.jsonl"
 ENGINE_ID = "bench-live"
@@ -61,6 +62,7 @@ async def child(url: str, idle_timeout: float, trace: bool) -> None:
     bookkeeping inflates RSS: a run with it measures the heap, one without it the RSS)."""
     if trace:
         tracemalloc.start()
+    tune_gc()  # as `jetdag engine` does
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with System(url, queues=[], engine_id=ENGINE_ID, idle_timeout=idle_timeout) as system:
@@ -154,7 +156,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
             async def owned() -> bool:
                 try:
-                    return len(await leases.keys()) == S.DEFAULT_PARTITIONS
+                    # >=: the bucket also holds the engine's roster key (engine.<id>)
+                    return len(await leases.keys()) >= S.DEFAULT_PARTITIONS + 1
                 except Exception:
                     return False
 
