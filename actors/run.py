@@ -168,7 +168,7 @@ class RunActor:
         if transitions and state is not None:
             await self._publish(state, commands, transitions)
             try:
-                self._revision = await self.ctx.runs.save(self.run_id, state.packed(), self._revision)
+                self._revision = await self.ctx.runs.save(self.run_id, state.stored(), self._revision)
             except StaleOwner:
                 if not assumed_new:
                     raise

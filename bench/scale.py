@@ -11,7 +11,7 @@ The engine's CPU seconds (utime + stime of /proc/<pid>/stat) are read just befor
 once the run's final step record has arrived here; their difference over N is the CPU per task. Its
 peak RSS is VmHWM of /proc/<pid>/status at the end (the process is fresh, so that peak is this run's
 or start-up's). Also recorded: the definition's size as stored in `jd_defs`, the run snapshot's size
-in `jd_runs` at the end (rewritten on every step of the run; both zlib-compressed above 64 KiB,
+in `jd_runs` at the end (rewritten on every step of the run; both deflate-compressed above 64 KiB,
 engine/stores/packing.py) and the largest step record, against NATS's max_payload of 8 MB
 (engine/nats/server.py).
 

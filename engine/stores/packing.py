@@ -1,8 +1,14 @@
-"""How the stores pack KV values: msgpack, zlib-compressed above `COMPRESS_ABOVE` bytes.
+"""How the stores pack KV values: msgpack, deflate-compressed above `COMPRESS_ABOVE` bytes.
 
-A compressed value is `MARKER` + a zlib stream of the msgpack bytes. `MARKER` is 0xc1, the one byte
-msgpack never uses, so no plain value starts with it: values written before compression existed,
-and small ones, read as they always did. Used by `jd_defs` (defs.py) and `jd_runs` (runs.py).
+A compressed value is `MARKER` + a raw deflate stream (RFC 1951: no zlib header or trailer) of the
+msgpack bytes; `zlib.decompress(value[1:], -15)` reads it. `MARKER` is 0xc1, the one byte msgpack never
+uses, so no plain value starts with it: values written before compression existed, and small ones, read
+as they always did. Used by `jd_defs` (defs.py) and `jd_runs` (runs.py).
+
+The stream may be built of pieces (`deflate`), each compressed on its own and ended on a byte boundary,
+so pieces cached from an earlier value can be put together again without recompressing them (as pigz
+does): RunState.stored() keeps one per chunk of tasks and recompresses only the chunks a step changed.
+Definitions are compressed in one piece (`compress`).
 """
 
 from __future__ import annotations
@@ -32,16 +38,24 @@ class ValueTooLarge(JetdagError):
         super().__init__(f"{what} does not fit in one NATS message: {size}, {over}")
 
 
+def deflate(data: bytes, final: bool = False) -> bytes:
+    """One piece of a compressed value: `data` raw-deflated by a compressor of its own (so it refers to
+    nothing before it) and flushed to a byte boundary. Pieces concatenate into one stream; its last piece
+    is `final` (it ends the stream)."""
+    c = zlib.compressobj(LEVEL, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush(zlib.Z_FINISH if final else zlib.Z_FULL_FLUSH)
+
+
 def compress(data: bytes) -> bytes:
-    """`data` as stored: itself up to `COMPRESS_ABOVE` bytes, `MARKER` + zlib above."""
+    """`data` as stored: itself up to `COMPRESS_ABOVE` bytes, `MARKER` + deflate (in one piece) above."""
     if len(data) <= COMPRESS_ABOVE:
         return data
-    return MARKER + zlib.compress(data, LEVEL)
+    return MARKER + deflate(data, final=True)
 
 
 def decompress(value: bytes) -> bytes:
     """The msgpack bytes of a stored value, compressed or not."""
-    return zlib.decompress(memoryview(value)[1:]) if value[:1] == MARKER else value
+    return zlib.decompress(memoryview(value)[1:], -15) if value[:1] == MARKER else value
 
 
 def encode(obj: Any) -> bytes:

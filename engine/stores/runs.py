@@ -48,10 +48,10 @@ class RunStore:
     async def save(self, run_id: str, snapshot: dict[str, Any] | bytes, revision: int) -> int:
         """Write if the stored revision is still `revision` (0: must not exist); StaleOwner otherwise.
 
-        `snapshot` is the dict or its msgpack bytes (`RunState.packed()`); stored compressed when large
-        (packing.py). ValueTooLarge when even that is over max_payload.
+        `snapshot` is the dict (stored compressed when large, packing.py) or the value to store as it is,
+        `RunState.stored()`. ValueTooLarge when that is over max_payload.
         """
-        data = packing.compress(snapshot) if isinstance(snapshot, bytes) else packing.encode(snapshot)
+        data = snapshot if isinstance(snapshot, bytes) else packing.encode(snapshot)
         # Straight to the bucket's subject: a KV write is a publish expecting the key's last revision.
         headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)}
         try:

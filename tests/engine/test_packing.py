@@ -1,6 +1,7 @@
-"""How snapshots and definitions are packed: RunState.packed() is packb(to_dict()) byte for byte, large values
-are stored compressed behind a marker and plain ones still read, and a value too big even compressed is
-refused with a message naming it, its size and the limit."""
+"""How snapshots and definitions are packed: RunState.packed() is packb(to_dict()) byte for byte and stored()
+is that (small) or it compressed (large) after every step, re-encoding only the chunks of tasks a step changed;
+large values are stored compressed behind a marker and plain ones still read, and a value too big even
+compressed is refused with a message naming it, its size and the limit."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jetdag.engine import state as state_module
 from jetdag.engine.events import RunCancel, TaskIgnore
 from jetdag.engine.model import TaskSpec, WorkflowSpec
 from jetdag.engine.nats.setup import Topology, close, connect, ensure
@@ -33,30 +35,97 @@ def check(state: RunState) -> None:
     data = state.packed()
     assert data == plain(state)
     assert plain(RunState.from_dict(msgpack.unpackb(data, raw=False), state.spec)) == data
+    stored = state.stored()
+    assert stored == data if len(data) <= packing.COMPRESS_ABOVE else stored[:1] == packing.MARKER
+    assert packing.decompress(stored) == data
+    assert packing.decode(stored) == msgpack.unpackb(data, raw=False)  # == to_dict(), but lists for tuples
+
+
+def blocks(state: RunState) -> list[tuple[bytes | None, list[dict[str, object]]]]:
+    """Each chunk's compressed block as last built, with its tasks as they are now."""
+    return [(chunk.block, [t.to_dict() for _, t in items]) for chunk, items in state._chunks or []]
+
+
+def check_reuse(state: RunState, before: list[tuple[bytes | None, list[dict[str, object]]]]) -> int:
+    """The chunks whose tasks did not change kept their compressed block (the same object): how many did."""
+    kept = 0
+    for (block, tasks), (now, now_tasks) in zip(before, blocks(state), strict=True):
+        assert now is not None
+        if tasks == now_tasks:
+            assert now is block, "an unchanged chunk was compressed again"
+            kept += 1
+    return kept
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(workflows(), st.data())
-def test_packed_is_the_plain_encoding_after_every_step(
-    wf: tuple[WorkflowSpec, dict[tuple[str, int], bool]], data: st.DataObject
+@given(
+    workflows(),
+    st.data(),
+    st.integers(1, 4) | st.just(state_module.CHUNK),
+    st.sampled_from([0, 200, packing.COMPRESS_ABOVE]),
+)
+def test_stored_is_the_plain_encoding_or_it_compressed_after_every_step(
+    wf: tuple[WorkflowSpec, dict[tuple[str, int], bool]], data: st.DataObject, chunk: int, threshold: int
 ) -> None:
+    """Small chunks and thresholds, so the runs' few tasks make several chunks and, mostly, compressed values."""
     spec, oracle = wf
-    world = World(spec, lambda t, a: oracle[(t, a)])
-    world.state.meta = {"who": "me"}
-    check(world.state)
-    for _ in range(300):
-        if not world.pool:
-            break
-        world.deliver(data.draw(st.integers(0, len(world.pool) - 1), label="deliver"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(state_module, "CHUNK", chunk)
+        mp.setattr(packing, "COMPRESS_ABOVE", threshold)
+        world = World(spec, lambda t, a: oracle[(t, a)])
+        world.state.meta = {"who": "me"}
         check(world.state)
-    failed = [n for n, t in world.state.tasks.items() if t.status is TaskStatus.FAILED]
-    if failed:  # run control touches tasks no result names
-        world.pool.append(TaskIgnore(world.run_id, failed[0], world.now))
+        assert len(world.state._chunks or []) == -(-len(spec.tasks) // chunk)
+        kept = 0
+        for _ in range(300):
+            if not world.pool:
+                break
+            before = blocks(world.state)
+            world.deliver(data.draw(st.integers(0, len(world.pool) - 1), label="deliver"))
+            check(world.state)
+            if threshold < 200:  # always compressed: every chunk has a block
+                kept += check_reuse(world.state, before)
+        failed = [n for n, t in world.state.tasks.items() if t.status is TaskStatus.FAILED]
+        if failed:  # run control touches tasks no result names
+            world.pool.append(TaskIgnore(world.run_id, failed[0], world.now))
+            world.run_in_order()
+            check(world.state)
+        world.pool.append(RunCancel(world.run_id, world.now))
         world.run_in_order()
         check(world.state)
-    world.pool.append(RunCancel(world.run_id, world.now))
-    world.run_in_order()
-    check(world.state)
+        if threshold < 200 and len(spec.tasks) > 2 * chunk:
+            assert kept > 0
+
+
+def test_a_save_compresses_only_the_chunks_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packing, "COMPRESS_ABOVE", 0)
+    monkeypatch.setattr(state_module, "CHUNK", 10)
+    spec = WorkflowSpec("w", tuple(TaskSpec(f"t{i}", "noop") for i in range(95)))
+    state = new_run("R", "w", 3, spec, {}, 5.0)
+    check(state)
+    first = [chunk.block for chunk, _ in state._chunks or []]
+    assert len(first) == 10 and None not in first
+    compressed: list[bytes] = []
+    deflate = packing.deflate
+
+    def counted(data: bytes, final: bool = False) -> bytes:
+        compressed.append(data)
+        return deflate(data, final)
+
+    monkeypatch.setattr(packing, "deflate", counted)
+    state.tasks["t42"].status = TaskStatus.QUEUED
+    state.tasks["t47"].attempt = 1
+    state.tasks["t94"].worker = "w1"
+    state.seq += 1
+    check(state)
+    now = [chunk.block for chunk, _ in state._chunks or []]
+    assert [a is b for a, b in zip(first, now, strict=True)] == [True] * 4 + [False] + [True] * 4 + [False]
+    assert len(compressed) == 4  # the head, the two chunks that changed, the tail
+    again = copy.deepcopy(state)  # a copy keeps its chunks' encodings, and its own
+    again.tasks["t3"].status = TaskStatus.SUCCEEDED
+    check(again)
+    check(state)
+    assert packing.decode(again.stored()) != packing.decode(state.stored())
 
 
 def test_packed_sees_every_field_assigned_and_copies() -> None:
@@ -89,7 +158,9 @@ def test_small_values_stay_plain_and_large_ones_are_compressed() -> None:
     assert packing.compress(raw) == stored and packing.decompress(stored) == raw
     with pytest.raises(msgpack.UnpackException):  # no plain msgpack value starts with the marker
         msgpack.unpackb(packing.MARKER + b"\x00")
-    assert zlib.decompress(stored[1:]) == raw
+    assert zlib.decompress(stored[1:], -15) == raw  # a raw deflate stream
+    pieces = packing.deflate(raw[:1000]) + packing.deflate(raw[1000:5000]) + packing.deflate(raw[5000:], final=True)
+    assert packing.decompress(packing.MARKER + pieces) == raw  # built of pieces, as RunState.stored() does
 
 
 def big_spec(name: str, n: int) -> WorkflowSpec:
@@ -109,10 +180,10 @@ async def test_large_definitions_and_snapshots_go_through_the_stores(nats_url: s
         assert (await DefStore(defs.kv).get("big"))[0] == spec
 
         state = new_run("R1", "big", 1, spec, {}, 1.0)
-        revision = await runs.save("R1", state.packed(), 0)
+        revision = await runs.save("R1", state.stored(), 0)
         assert (await runs.kv.get("R1")).value[:1] == packing.MARKER
         state.tasks["task_3"].status = TaskStatus.QUEUED
-        revision = await runs.save("R1", state.packed(), revision)
+        revision = await runs.save("R1", state.stored(), revision)
         snapshot, rev = await runs.load("R1")
         assert snapshot == state.to_dict() and rev == revision
         # A plain value written before compression existed reads as it did.
