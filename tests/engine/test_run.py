@@ -254,7 +254,10 @@ def test_judging_a_child_as_its_parents_settle_decides_as_judging_all_its_parent
     with mock.patch("jetdag.engine.run._judge", _judge_every_parent):
         slow = _run_and_revive(spec, oracle, order)
     assert outcome(fast.state) == outcome(slow.state)
-    assert fast.dispatches == slow.dispatches
+    # The same attempts, not always in the same order: a child that one parent's skip decides is judged
+    # when that parent settles, which can come later in the same step than judging all parents at each
+    # one would have seen it (and the simulation then delivers results in that order).
+    assert sorted(fast.dispatches) == sorted(slow.dispatches)
 
 
 def test_a_wide_join_looks_at_each_parent_a_bounded_number_of_times() -> None:
