@@ -238,14 +238,7 @@ async def test_a_killed_engines_runs_finish_on_the_other_within_the_lease_ttl(na
             on_victim = [r for r in run_ids if holders[S.partition_of(r)][0] == "eng-a"]
             assert on_victim and len(on_victim) < len(run_ids)
 
-            async def all_running() -> bool:
-                try:
-                    views = [await client.status(r) for r in run_ids]
-                except NotFound:
-                    return False  # not created yet
-                return all(v["tasks"]["s0"]["status"] == "running" for v in views)
-
-            await eventually(all_running, timeout=10, interval=0.05)
+            await eventually(lambda: _first_tasks_running(client, run_ids), timeout=10, interval=0.05)
             await asyncio.sleep(rng.uniform(0.0, 0.8))  # the fault's moment, not a synchronisation
             killed_at = time.monotonic()
             engines.kill9(victim)
@@ -309,14 +302,7 @@ async def test_the_events_a_killed_engine_held_come_back_to_its_restart_at_once(
             await eventually(lambda: owned({}), timeout=20, interval=0.05)
             run_ids = [await client.submit(spec.name) for _ in range(20)]
 
-            async def s0_running() -> bool:
-                try:
-                    views = [await client.status(r) for r in run_ids]
-                except NotFound:
-                    return False  # not created yet
-                return all(v["tasks"]["s0"]["status"] == "running" for v in views)
-
-            await eventually(s0_running, timeout=10)
+            await eventually(lambda: _first_tasks_running(client, run_ids), timeout=10)
             engine.send_signal(signal.SIGSTOP)  # frozen with its pulls outstanding: results reach it, no acks leave
             stopped_at = time.monotonic()
 
@@ -359,3 +345,12 @@ async def test_the_events_a_killed_engine_held_come_back_to_its_restart_at_once(
     assert all(v["status"] == "succeeded" for v in views.values()), views
     restarted = (tmp_path / f"engine-rewind-engine-{len(engines.procs) - 1}.log").read_text()
     assert "rewound" in restarted, restarted[-3000:]
+
+
+async def _first_tasks_running(client: Client, run_ids: list[str]) -> bool:
+    """Whether every run exists and its first task (s0) runs."""
+    try:
+        views = [await client.status(r) for r in run_ids]
+    except NotFound:
+        return False  # not created yet
+    return all(v["tasks"]["s0"]["status"] == "running" for v in views)
