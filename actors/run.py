@@ -23,6 +23,7 @@ from jetdag.engine.events import (
     ScheduleDeadline,
     ScheduleDue,
     TaskDue,
+    TaskFailed,
     Transition,
 )
 from jetdag.engine.ids import run_time
@@ -31,7 +32,7 @@ from jetdag.engine.messages import (
     TaskMessage,
     encode_event,
     encode_interrupt,
-    encode_step,
+    encode_step_parts,
     encode_task,
     msg_id,
     pack,
@@ -47,6 +48,12 @@ log = logging.getLogger(__name__)
 
 MAX_EARLY_DELIVERIES = 50
 """An event still ahead of its cause after this many deliveries names a run that will never exist."""
+
+HEADROOM = 4096
+"""Bytes of a message's max_payload left for its headers (message id, JetStream's own)."""
+
+STEP_RECORD_MAX = 1 << 20
+"""A step record above this many bytes (a step that readies over ~20,000 tasks) goes out in parts."""
 
 FRESH = 60.0
 """A submission stored within this many seconds of its run id's creation, and handled within as many
@@ -212,6 +219,9 @@ class RunActor:
                         job=cmd.job,
                     )
                     subject, data, kind = S.task_subject(cmd.queue, cmd.priority), encode_task(task), "task"
+                    if len(data) > self.ctx.nc.max_payload - HEADROOM:
+                        # It can never be sent: answer the attempt with its failure, not fail the step for good.
+                        subject, data, kind = reply, self._too_big(cmd, len(data)), "result"
                 case ScheduleDue():
                     due = TaskDue(run, cmd.task, cmd.attempt, time.time(), cmd.due)
                     subject, data, kind = reply, encode_event(due), "due"
@@ -239,10 +249,21 @@ class RunActor:
             futures.append(await publish(subject, data, headers))
         # The step's id hashes its transitions: a step redone after a crash with other events is kept too.
         digest = zlib.crc32("|".join(f"{t.task}:{t.attempt}:{t.status}" for t in transitions).encode())
-        headers = {MSG_ID: f"{run}:step:{state.seq}:{digest:08x}"}
-        step = encode_step(run, state.seq, state.status.value, transitions)
-        futures.append(await publish(S.step_subject(p, run), step, headers))
+        step_id = f"{run}:step:{state.seq}:{digest:08x}"
+        parts = encode_step_parts(run, state.seq, state.status.value, transitions, STEP_RECORD_MAX)
+        for i, step in enumerate(parts):
+            headers = {MSG_ID: step_id if len(parts) == 1 else f"{step_id}:{i}"}
+            futures.append(await publish(S.step_subject(p, run), step, headers))
         await acked(futures)  # bounded: a publish lost with a dying server crashes the step, which is redone
+
+    def _too_big(self, cmd: DispatchTask, size: int) -> bytes:
+        """The failure of an attempt whose task message NATS would refuse, as the event that reports it."""
+        limit = self.ctx.nc.max_payload
+        error = (
+            f"the task message is {size:,} bytes, over NATS's max_payload ({limit:,} bytes): pass large inputs "
+            "by reference (a path or URL), not in the payload or through {result:…} of a large result"
+        )
+        return encode_event(TaskFailed(self.run_id, cmd.task, cmd.attempt, time.time(), error, "engine", False))
 
     async def _interrupt(self, interrupts: list[InterruptTask]) -> None:
         """Ask the workers to stop these attempts: core NATS, best effort (a late result changes nothing)."""

@@ -144,6 +144,21 @@ def decode_task(subject: str, data: bytes) -> TaskMessage:
     return msg
 
 
+def encode_step_parts(run_id: str, seq: int, status: str, transitions: list[Transition], limit: int) -> list[bytes]:
+    """The step record, in as many records of the same `seq` as it takes for each to be at most `limit`
+    bytes (a step that readies 100,000 tasks is a 4.7 MB record; NATS refuses a message over its
+    max_payload, 8 MB, and a record that can never be sent would fail its step for good). Readers take
+    each record's transitions as they come, so a step's parts need no joining."""
+    record = encode_step(run_id, seq, status, transitions)
+    if len(record) <= limit or len(transitions) < 2:
+        return [record]
+    half = len(transitions) // 2
+    return [
+        *encode_step_parts(run_id, seq, status, transitions[:half], limit),
+        *encode_step_parts(run_id, seq, status, transitions[half:], limit),
+    ]
+
+
 def encode_step(run_id: str, seq: int, status: str, transitions: list[Transition]) -> bytes:
     """The record of one step of a run: its status after the step and every transition in it."""
     return pack(

@@ -258,3 +258,52 @@ async def test_a_wait_that_runs_out_says_where_the_run_stands(client: Client) ->
     with pytest.raises(RunWaitTimeout, match=rf"run {run_id} is still running after 0.5s \(a queued\)") as caught:
         await client.wait(run_id, timeout=0.5)
     assert isinstance(caught.value, TimeoutError)  # callers catching TimeoutError keep working
+
+
+@handler("t_runs_big")
+def big(ctx: TaskContext) -> str:
+    return "x" * 5_000_000  # fits in a result message (8 MB), not twice in one task message
+
+
+async def test_a_task_message_too_large_to_send_fails_its_task_saying_so(client: Client) -> None:
+    spec = WorkflowSpec(
+        "t_runs_too_big",
+        (
+            TaskSpec("big", "t_runs_big"),
+            TaskSpec("twice", "noop", depends_on=("big",), payload={"a": "{result:big}", "b": "{result:big}"}),
+            TaskSpec("after", "noop", depends_on=("twice",)),
+        ),
+    )
+    view = await run_once(client, spec)
+    assert view["status"] == "failed"
+    twice = view["tasks"]["twice"]
+    assert (twice["status"], twice["attempts"]) == ("failed", 1)  # not retried: it would never fit
+    assert "over NATS's max_payload" in twice["error"] and "by reference" in twice["error"]
+    assert view["tasks"]["after"]["status"] == "skipped"
+
+
+async def test_a_step_record_too_large_for_one_message_goes_out_in_parts(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("jetdag.actors.run.STEP_RECORD_MAX", 1024)  # a 40-wide fan-out then takes several
+    width = 40
+    spec = WorkflowSpec(
+        "t_runs_wide_step",
+        (TaskSpec("root", "noop"), *(TaskSpec(f"n{i}", "noop", depends_on=("root",)) for i in range(width))),
+    )
+    records: list[dict[str, Any]] = []
+
+    async def on_step(msg: Any) -> None:
+        records.append(msgpack.unpackb(msg.data, raw=False))
+
+    sub = await client.nc.subscribe("jd.evt.*.*.step", cb=on_step)
+    try:
+        view = await run_once(client, spec)
+    finally:
+        await sub.unsubscribe()
+    assert view["status"] == "succeeded"
+    ours = [r for r in records if r["run"] == view["run_id"]]
+    assert all(len(msgpack.packb(r)) <= 1024 for r in ours)
+    queued = [t["task"] for r in ours for t in r["transitions"] if t["status"] == "queued"]
+    assert sorted(queued) == sorted(["root", *(f"n{i}" for i in range(width))])  # every transition, once
+    assert len({r["seq"] for r in ours}) < len(ours)  # some step came in parts
