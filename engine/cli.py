@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -24,6 +24,9 @@ from jetdag.engine.config import CONFIG_FILE, env_var, load_defaults
 from jetdag.engine.errors import ConfigError, JetdagError, RunWaitTimeout
 from jetdag.engine.home import find_nats
 from jetdag.engine.workers import HEARTBEAT, MIN_INTERVAL
+
+if TYPE_CHECKING:  # each command imports what it needs when it runs; only mypy needs this here
+    from jetdag.engine.definitions import Validated
 
 log = logging.getLogger("jetdag")
 
@@ -295,7 +298,7 @@ def restore(source: Path, db: Path | None, data: Path, as_json: bool) -> None:
 # --- definitions ----------------------------------------------------------------------------------
 
 
-def _load(files: tuple[Path, ...]) -> tuple[list[Any], list[Any]]:
+def _load(files: tuple[Path, ...]) -> Validated:
     from jetdag.engine.definitions import validate_files
 
     return validate_files([str(f) for f in files])
@@ -305,11 +308,20 @@ def _load(files: tuple[Path, ...]) -> tuple[list[Any], list[Any]]:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @json_opt
 def validate(files: tuple[Path, ...], as_json: bool) -> None:
-    """Check definitions (YAML, .py) without registering them; exit 2 on any error."""
-    specs, errors = _load(files)
+    """Check definitions (YAML, TOML, .py) without registering them; exit 2 on any error. Warnings (stderr, or
+    --json's "warnings") leave the exit code alone."""
+    specs, errors, warnings = _load(files)
     if as_json:
-        print_json({"workflows": [s.name for s in specs], "errors": [str(e) for e in errors]})
+        print_json(
+            {
+                "workflows": [s.name for s in specs],
+                "errors": [str(e) for e in errors],
+                "warnings": [str(w) for w in warnings],
+            }
+        )
     else:
+        for w in warnings:  # worth a word, never a refusal
+            click.echo(str(w), err=True)
         for e in errors:
             click.echo(str(e), err=True)
         if not errors:
@@ -323,8 +335,11 @@ def validate(files: tuple[Path, ...], as_json: bool) -> None:
 @data_opt
 @json_opt
 def apply(files: tuple[Path, ...], nats: str | None, data: Path, as_json: bool) -> None:
-    """Register definitions; prints created / updated / unchanged for each. Nothing is applied on an error."""
-    specs, errors = _load(files)
+    """Register definitions; prints created / updated / unchanged for each. Nothing is applied on an error;
+    warnings go to stderr and apply goes on."""
+    specs, errors, warnings = _load(files)
+    for w in warnings:  # on stderr even with --json, whose stdout is the list of results
+        click.echo(str(w), err=True)
     if errors:
         for e in errors:
             click.echo(str(e), err=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class JetdagError(Exception):
     """Base of every error jetdag raises on purpose."""
@@ -13,6 +15,21 @@ class DefinitionError(JetdagError):
     def __init__(self, path: str, line: int, column: int, message: str) -> None:
         self.path, self.line, self.column, self.message = path, line, column, message
         super().__init__(f"{path}:{line}:{column}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionWarning:
+    """A valid definition that may still not say what its author means; `str()` is `path:line:column: warning:
+    message`. Not an exception: warnings are reported beside the workflows, never raised, and change no exit
+    code."""
+
+    path: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: warning: {self.message}"
 
 
 class DefinitionErrors(JetdagError):
@@ -84,3 +101,14 @@ class RunWaitTimeout(JetdagError, TimeoutError):
         self.run_id, self.timeout, self.status, self.tasks = run_id, timeout, status, tasks
         states = ", ".join(f"{name} {state}" for name, state in tasks.items()) or "no tasks yet"
         super().__init__(f"run {run_id} is still {status} after {timeout:g}s ({states})")
+
+
+class BackfillTooLarge(JetdagError):
+    """A backfill would start more runs than its limit allows."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.count, self.limit = count, limit
+        super().__init__(
+            f"the backfill has {count:,} ticks, more than the limit of {limit:,}: "
+            "backfill a shorter range, or step by a coarser unit (hour, then day, then month)"
+        )

@@ -119,9 +119,11 @@ def _bind(http: str) -> socket.socket:
 
 
 def _read_definitions(paths: list[str]) -> list[WorkflowSpec]:
-    specs, errors = validate_files(paths)
+    specs, errors, warnings = validate_files(paths)
     for error in errors:  # a bad file is reported; the good ones still load
         click.echo(f"skipped: {error}", err=True)
+    for warning in warnings:
+        click.echo(str(warning), err=True)
     return specs
 
 

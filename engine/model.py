@@ -68,6 +68,30 @@ class BatchBy(StrEnum):
     MONTH = "month"
 
 
+class Catchup(StrEnum):
+    """Which ticks a clock trigger fires when it finds some missed (the engines were down past their time)."""
+
+    NONE = "none"
+    """None of them: the schedule goes on from its next tick."""
+    LATEST = "latest"
+    """The most recent one, unless a tick on time supersedes it."""
+    ALL = "all"
+    """Every one within `catchup_window`, oldest first."""
+
+
+class Overlap(StrEnum):
+    """What a tick does when the run its schedule started last is still going (Temporal's overlap policies)."""
+
+    ALLOW = "allow"
+    """Start anyway: runs of one schedule may overlap (cron's way)."""
+    SKIP = "skip"
+    """Start nothing for this tick."""
+    BUFFER_ONE = "buffer_one"
+    """Start it once the previous run ends; a further tick meanwhile is skipped."""
+    CANCEL_PREVIOUS = "cancel_previous"
+    """Cancel the previous run, then start this one."""
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """flowlord batching: one firing starts several runs, one per time step or per meta row."""
@@ -89,9 +113,13 @@ class Trigger:
     """
 
     cron: str | None = None
-    """croniter syntax: 5 fields, or 6 with seconds last."""
+    """5 fields, 6 with the seconds first (as flowlord, Quartz and Goflow write them), or @daily and the like."""
     timezone: str | None = None
-    catchup: bool = False
+    """The IANA zone the cron's wall-clock times are in; None is UTC."""
+    catchup: Catchup = Catchup.NONE
+    catchup_window: float = 86400.0
+    """Seconds back from now within which `catchup: all` fires missed ticks."""
+    overlap: Overlap = Overlap.ALLOW
     files: tuple[str, ...] = ()
     subject: str | None = None
     """A NATS subject whose messages start runs (`on_message`)."""
@@ -100,6 +128,11 @@ class Trigger:
     batch: Batch | None = None
     start: tuple[str, ...] = ()
     """Tasks a fired run begins at (flowlord: the phase that carries the rule); () = the roots."""
+
+    def key(self, kind: str) -> str:
+        """The name a trigger's `kind` of firing ("cron", "files", "message") goes by in `jd_schedules` and in
+        the ids of the runs it starts: the kind, and the phase it starts at when it has one ("cron:extract")."""
+        return f"{kind}:{','.join(self.start)}" if self.start else kind
 
 
 @dataclass(frozen=True)
@@ -118,6 +151,9 @@ class WorkflowSpec:
     """Whole-run deadline in seconds."""
     max_concurrency: int | None = None
     """At most this many tasks of one run queued or running at once."""
+    max_active_runs: int | None = None
+    """At most this many runs of the workflow started and not finished; later ones wait `pending`, first come
+    first served."""
     triggers: tuple[Trigger, ...] = ()
 
     @cached_property
@@ -223,7 +259,19 @@ def _trigger(d: dict[str, Any]) -> Trigger:
     if batch is not None:
         meta = {k: tuple(v) for k, v in batch.get("meta", {}).items()}
         batch = Batch(**{**batch, "by": BatchBy(batch.get("by", BatchBy.DAY)), "meta": meta})
-    return Trigger(**{**d, "files": tuple(d.get("files", ())), "start": tuple(d.get("start", ())), "batch": batch})
+    catchup = d.get("catchup", Catchup.NONE)
+    if isinstance(catchup, bool):  # stored before catchup had policies: true fired every missed tick
+        catchup = Catchup.ALL if catchup else Catchup.NONE
+    return Trigger(
+        **{
+            **d,
+            "files": tuple(d.get("files", ())),
+            "start": tuple(d.get("start", ())),
+            "batch": batch,
+            "catchup": Catchup(catchup),
+            "overlap": Overlap(d.get("overlap", Overlap.ALLOW)),
+        }
+    )
 
 
 def topological_order(tasks: dict[str, tuple[str, ...]]) -> list[str]:

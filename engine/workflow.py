@@ -16,10 +16,10 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
-from jetdag.engine.definitions import checks
+from jetdag.engine.definitions import checks, triggers
 from jetdag.engine.definitions.checks import At, Invalid, WrongValue
-from jetdag.engine.errors import DefinitionError
-from jetdag.engine.model import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
+from jetdag.engine.errors import DefinitionError, DefinitionWarning
+from jetdag.engine.model import Catchup, Overlap, RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
 from jetdag.engine.subjects import DEFAULT_PRIORITY, workflow_key
 
 __all__ = ["Task", "Workflow"]
@@ -112,15 +112,18 @@ class Workflow:
         max_concurrency: int | None = None,
         *,
         timezone: str | None = None,
-        catchup: bool = False,
+        catchup: Catchup | str | bool | None = None,
+        catchup_window: float | str | None = None,
+        overlap: Overlap | str | None = None,
+        max_active_runs: int | None = None,
         files: str | Sequence[str] = (),
         on_message: str | None = None,
         offset: float | str | None = None,
     ) -> None:
         self.name, self.description, self.schedule, self.params = name, description, schedule, params
         self.retry, self.timeout, self.max_concurrency = retry, timeout, max_concurrency
-        self.timezone, self.catchup, self.files, self.on_message = timezone, catchup, files, on_message
-        self.offset = offset
+        self.timezone, self.catchup, self.catchup_window, self.overlap = timezone, catchup, catchup_window, overlap
+        self.max_active_runs, self.files, self.on_message, self.offset = max_active_runs, files, on_message, offset
         self.origin = _caller()
         self._tasks: list[Task] = []
         self._edges: list[tuple[str | Task, str | Task, At]] = []
@@ -144,6 +147,10 @@ class Workflow:
 
     def spec(self) -> WorkflowSpec:
         """The checked, frozen workflow; DefinitionErrors lists every fault with its source line."""
+        return self.check()[0]
+
+    def check(self) -> tuple[WorkflowSpec, tuple[DefinitionWarning, ...]]:
+        """Like spec(), and the warnings the workflow deserves though it is valid (at the Workflow(...) line)."""
         check = _Checker()
         at = self.origin
         name = check.required(at, "name", "", checks.as_workflow_name, self.name)
@@ -157,20 +164,28 @@ class Workflow:
         if not isinstance(params, Mapping):
             check.errors.append(checks.error(at, WrongValue("a mapping", params).message("params", where)))
         description = check.take(at, "description", where, checks.as_str, self.description, "")
-        schedule = check.take(at, "schedule", where, checks.as_cron, self.schedule, None)
-        timezone = check.take(at, "timezone", where, checks.as_timezone, self.timezone, None)
-        catchup = check.take(at, "catchup", where, checks.as_bool, self.catchup, False)
-        files = check.take(at, "files", where, checks.as_globs, self.files, ())
-        on_message = check.take(at, "on_message", where, checks.as_subject, self.on_message, None)
+        schedule = check.take(at, "schedule", where, triggers.as_cron, self.schedule, None)
+        timezone = check.take(at, "timezone", where, triggers.as_timezone, self.timezone, None)
+        default = triggers.DEFAULT
+        catchup = check.take(at, "catchup", where, triggers.as_catchup, self.catchup, default.catchup)
+        window = check.take(
+            at, "catchup_window", where, triggers.as_catchup_window, self.catchup_window, default.catchup_window
+        )
+        overlap = check.take(at, "overlap", where, triggers.as_overlap, self.overlap, default.overlap)
+        files = check.take(at, "files", where, triggers.as_globs, self.files, ())
+        on_message = check.take(at, "on_message", where, triggers.as_subject, self.on_message, None)
         offset = check.take(at, "offset", where, checks.as_offset, self.offset, 0.0)
-        for field, value in (("timezone", self.timezone), ("catchup", self.catchup or None)):
-            if value is not None and schedule is None:
-                check.errors.append(checks.error(at, f"{field!r}{where} applies to 'schedule', which is not set"))
+        if self.schedule is None:  # an invalid schedule has its own error
+            for field in ("timezone", "catchup", "catchup_window", "overlap"):
+                if getattr(self, field) is not None:
+                    message = f"{field!r}{where} applies to 'schedule', which is not set"
+                    check.errors.append(checks.error(at, message))
         if self.offset is not None and not (schedule or files):
             message = f"'offset'{where} applies to 'schedule' or 'files', and neither is set"
             check.errors.append(checks.error(at, message))
         timeout = check.take(at, "timeout", where, checks.as_duration, self.timeout, None)
         max_concurrency = check.take(at, "max_concurrency", where, checks.as_int(1), self.max_concurrency, None)
+        max_active_runs = check.take(at, "max_active_runs", where, checks.as_int(1), self.max_active_runs, None)
         upstream = self._edge_upstream(check.errors)
         specs: list[TaskSpec] = []
         nodes: list[checks.Node] = []
@@ -193,7 +208,7 @@ class Workflow:
         check.errors.extend(checks.template_errors(ordered, list(params), lambda task, _: where_added[task]))
         checks.raise_sorted(check.errors)
         key = workflow_key(str(name))
-        return WorkflowSpec(
+        spec = WorkflowSpec(
             name=key,
             title=str(name) if name != key else "",
             tasks=ordered,
@@ -202,8 +217,20 @@ class Workflow:
             retry=retry,
             timeout=timeout,
             max_concurrency=max_concurrency,
-            triggers=checks.workflow_triggers(schedule, timezone, catchup, files, on_message, offset),
+            max_active_runs=max_active_runs,
+            triggers=triggers.workflow_triggers(
+                schedule,
+                files,
+                on_message,
+                offset,
+                timezone=timezone,
+                catchup=catchup,
+                catchup_window=window,
+                overlap=overlap,
+            ),
         )
+        ambiguous = triggers.cron_warning(schedule) if schedule else None
+        return spec, (checks.warning(at, ambiguous),) if ambiguous else ()
 
     def _edge_upstream(self, errors: list[DefinitionError]) -> dict[int, list[tuple[str, At]]]:
         """The set_downstream edges as upstream names per task (by identity)."""

@@ -12,15 +12,12 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import croniter
+from typing import Any, Final, NamedTuple
 
 from jetdag.engine import templates
 from jetdag.engine.durations import parse_duration
-from jetdag.engine.errors import DefinitionError, DefinitionErrors
-from jetdag.engine.model import CycleFound, RetryPolicy, TaskSpec, Trigger, TriggerRule, topological_order
+from jetdag.engine.errors import DefinitionError, DefinitionErrors, DefinitionWarning
+from jetdag.engine.model import CycleFound, RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec, topological_order
 from jetdag.engine.subjects import is_token, workflow_key
 
 
@@ -34,6 +31,18 @@ class At(NamedTuple):
 
 def error(at: At, message: str) -> DefinitionError:
     return DefinitionError(at.path, at.line, at.column, message)
+
+
+def warning(at: At, message: str) -> DefinitionWarning:
+    return DefinitionWarning(at.path, at.line, at.column, message)
+
+
+class Located(NamedTuple):
+    """A workflow read from a file: its spec, where it is named, and the warnings it deserves though valid."""
+
+    spec: WorkflowSpec
+    at: At
+    warnings: tuple[DefinitionWarning, ...] = ()
 
 
 def raise_sorted(errors: list[DefinitionError]) -> None:
@@ -84,12 +93,12 @@ class Invalid(ValueError):
 
 
 class WrongValue(Invalid):
-    def __init__(self, expected: str, value: object) -> None:
-        self.expected, self.value = expected, value
+    def __init__(self, expected: str, value: object, hint: str = "") -> None:
+        self.expected, self.value, self.hint = expected, value, hint
         super().__init__(expected)
 
     def message(self, field: str, where: str) -> str:
-        return f"{field!r}{where} must be {self.expected}, got {describe(self.value)}"
+        return f"{field!r}{where} must be {self.expected}, got {describe(self.value)}{self.hint}"
 
 
 class BadValue(Invalid):
@@ -216,25 +225,6 @@ def as_offset(value: object) -> float:
     return -seconds if negative else seconds
 
 
-def workflow_triggers(
-    schedule: str | None,
-    timezone: str | None,
-    catchup: bool,
-    files: tuple[str, ...],
-    on_message: str | None,
-    offset: float,
-) -> tuple[Trigger, ...]:
-    """The triggers a YAML or Python workflow declares with its top-level fields."""
-    out: list[Trigger] = []
-    if schedule:
-        out.append(Trigger(cron=schedule, timezone=timezone, catchup=catchup, offset=offset))
-    if files:
-        out.append(Trigger(files=files, offset=offset))
-    if on_message:
-        out.append(Trigger(subject=on_message, offset=offset))
-    return tuple(out)
-
-
 def as_names(value: object) -> tuple[str, ...]:
     """A name or a list of names (depends_on, require), without repeats."""
     items = [value] if isinstance(value, str) else value
@@ -243,11 +233,17 @@ def as_names(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def as_globs(value: object) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i.strip() for i in items):
-        raise WrongValue("a glob or a list of globs", value)
-    return tuple(items)
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+RULE_ALIASES: Final = {
+    **{_camel(rule): rule for rule in TriggerRule},
+    "allSuccessful": TriggerRule.ALL_SUCCESS,
+}
+"""Goflow's spellings of the trigger rules (`allSuccessful`, `allDone`) and the camelCase of every rule, so a
+Goflow DAG's rules read unchanged; each means exactly one rule."""
 
 
 def as_trigger_rule(value: object) -> TriggerRule:
@@ -255,51 +251,10 @@ def as_trigger_rule(value: object) -> TriggerRule:
         return value
     if isinstance(value, str) and value in TriggerRule._value2member_map_:
         return TriggerRule(value)
-    raise WrongValue("one of " + ", ".join(TriggerRule), value)
-
-
-_CRON_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week", "second")
-_CRON_HELP = "use 5 fields (minute hour day-of-month month day-of-week), 6 with seconds last, or @daily"
-
-
-def as_cron(value: object) -> str:
-    """A cron expression croniter accepts, with the faulty field named when it does not."""
-    text = as_str(value).strip()
-    parts = text.split()
-    if text.startswith("@") or len(parts) not in (5, 6):
-        if text.startswith("@") and croniter.is_valid(text):
-            return text
-        raise BadValue(f"invalid cron expression {text!r}: {_CRON_HELP}")
-    for i, part in enumerate(parts):
-        # Checking one field at a time, the others wild, lets the message name the culprit.
-        probe = ["*"] * len(parts)
-        probe[i] = part
-        if not croniter.is_valid(" ".join(probe)):
-            raise BadValue(f"invalid cron expression {text!r}: {_CRON_FIELDS[i]} field {part!r} is not valid")
-    if not croniter.is_valid(text):
-        raise BadValue(f"invalid cron expression {text!r}: {_CRON_HELP}")
-    return text
-
-
-def as_timezone(value: object) -> str:
-    text = as_str(value)
-    try:
-        ZoneInfo(text)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise BadValue(f"unknown time zone {text!r}: use an IANA name like 'UTC' or 'Europe/Paris'") from None
-    return text
-
-
-def as_subject(value: object) -> str:
-    """A NATS subject to listen on; `*` and a final `>` are wildcards."""
-    text = as_str(value)
-    tokens = text.split(".")
-    if not all(t and not any(c.isspace() for c in t) for t in tokens) or ">" in tokens[:-1]:
-        raise BadValue(
-            f"invalid NATS subject {text!r}: use dot-separated tokens like 'orders.created', "
-            "with '*' or a final '>' as wildcards"
-        )
-    return text
+    if isinstance(value, str) and value in RULE_ALIASES:
+        return RULE_ALIASES[value]
+    hint = did_you_mean(value, [r.value for r in TriggerRule]) if isinstance(value, str) else ""
+    raise WrongValue("one of " + ", ".join(TriggerRule), value, hint)
 
 
 RETRY_FIELDS: dict[str, Callable[[object], float]] = {

@@ -24,7 +24,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from jetdag.engine.durations import format_duration, parse_duration
-from jetdag.engine.model import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
+from jetdag.engine.model import Catchup, Overlap, RetryPolicy, TaskSpec, Trigger, TriggerRule, WorkflowSpec
 from jetdag.engine.subjects import DEFAULT_PRIORITY, workflow_key
 
 __all__ = ["to_python", "to_yaml"]
@@ -40,7 +40,10 @@ class _Triggers:
 
     schedule: str | None = None
     timezone: str | None = None
-    catchup: bool = False
+    catchup: Catchup = Catchup.NONE
+    catchup_window: float | None = None
+    """None: the default window."""
+    overlap: Overlap = Overlap.ALLOW
     files: tuple[str, ...] = ()
     on_message: str | None = None
     offset: float = 0.0
@@ -69,8 +72,8 @@ def _triggers(spec: WorkflowSpec, fmt: str) -> _Triggers:
             raise cannot("a trigger with " + (" and ".join(kind) if kind else "neither schedule, files nor on_message"))
         if kind[0] in kinds:
             raise cannot(f"more than one {kind[0]} trigger")
-        if kind[0] != "schedule" and (trigger.timezone is not None or trigger.catchup):
-            raise cannot(f"a timezone or catchup on a {kind[0]} trigger")
+        if kind[0] != "schedule" and _clock(trigger) != _clock(_DEFAULT):
+            raise cannot(f"a timezone, catchup, catchup_window or overlap on a {kind[0]} trigger")
         if kinds and trigger.offset != out.offset:
             raise cannot("triggers with different offsets")
         kinds.append(kind[0])
@@ -79,6 +82,8 @@ def _triggers(spec: WorkflowSpec, fmt: str) -> _Triggers:
             schedule=trigger.cron or out.schedule,
             timezone=trigger.timezone if trigger.cron else out.timezone,
             catchup=trigger.catchup if trigger.cron else out.catchup,
+            catchup_window=_window(trigger) if trigger.cron else out.catchup_window,
+            overlap=trigger.overlap if trigger.cron else out.overlap,
             files=trigger.files or out.files,
             on_message=trigger.subject or out.on_message,
             offset=trigger.offset,
@@ -88,6 +93,18 @@ def _triggers(spec: WorkflowSpec, fmt: str) -> _Triggers:
     if out.offset and not (out.schedule or out.files):
         raise cannot("an offset on an on_message trigger alone")
     return out
+
+
+_DEFAULT = Trigger()
+
+
+def _clock(trigger: Trigger) -> tuple[object, ...]:
+    """The fields only a schedule uses: YAML and the builder write them beside `schedule` alone."""
+    return trigger.timezone, trigger.catchup, trigger.catchup_window, trigger.overlap
+
+
+def _window(trigger: Trigger) -> float | None:
+    return None if trigger.catchup_window == _DEFAULT.catchup_window else trigger.catchup_window
 
 
 def _number(value: float) -> int | float:
@@ -154,8 +171,12 @@ def to_yaml(spec: WorkflowSpec) -> str:
         doc["schedule"] = _text(triggers.schedule)
         if triggers.timezone is not None:
             doc["timezone"] = _text(triggers.timezone)
-        if triggers.catchup:
-            doc["catchup"] = True
+        if triggers.catchup != Catchup.NONE:
+            doc["catchup"] = triggers.catchup.value
+        if triggers.catchup_window is not None:
+            doc["catchup_window"] = _duration(triggers.catchup_window)
+        if triggers.overlap != Overlap.ALLOW:
+            doc["overlap"] = triggers.overlap.value
     if triggers.files:
         doc["files"] = _text(triggers.files[0]) if len(triggers.files) == 1 else _flow_list(triggers.files)
     if triggers.on_message:
@@ -167,6 +188,8 @@ def to_yaml(spec: WorkflowSpec) -> str:
     config = CommentedMap()
     if spec.max_concurrency is not None:
         config["max_concurrency"] = spec.max_concurrency
+    if spec.max_active_runs is not None:
+        config["max_active_runs"] = spec.max_active_runs
     if spec.timeout is not None:
         config["timeout"] = _duration(spec.timeout)
     retry = _retry_fields(spec.retry, RetryPolicy())
@@ -273,8 +296,12 @@ def to_python(spec: WorkflowSpec) -> str:
         args.append(("schedule", triggers.schedule))
         if triggers.timezone is not None:
             args.append(("timezone", triggers.timezone))
-        if triggers.catchup:
-            args.append(("catchup", True))
+        if triggers.catchup != Catchup.NONE:
+            args.append(("catchup", triggers.catchup.value))
+        if triggers.catchup_window is not None:
+            args.append(("catchup_window", _duration(triggers.catchup_window)))
+        if triggers.overlap != Overlap.ALLOW:
+            args.append(("overlap", triggers.overlap.value))
     if triggers.files:
         args.append(("files", triggers.files[0] if len(triggers.files) == 1 else list(triggers.files)))
     if triggers.on_message:
@@ -291,6 +318,8 @@ def to_python(spec: WorkflowSpec) -> str:
         args.append(("timeout", _duration(spec.timeout)))
     if spec.max_concurrency is not None:
         args.append(("max_concurrency", spec.max_concurrency))
+    if spec.max_active_runs is not None:
+        args.append(("max_active_runs", spec.max_active_runs))
     body = [f"wf = {_call('Workflow', [], args, 0, len('wf = '))}", ""]
     variables = {task.name: f"t{i}" for i, task in enumerate(spec.tasks)}
     for task in spec.tasks:

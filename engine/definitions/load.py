@@ -7,31 +7,42 @@ import itertools
 import sys
 import traceback
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 from jetdag.engine.definitions import checks
-from jetdag.engine.definitions.checks import At
+from jetdag.engine.definitions.checks import At, Located
 from jetdag.engine.definitions.tomlfile import read_toml
 from jetdag.engine.definitions.yamlfile import read_yaml
-from jetdag.engine.errors import DefinitionError, DefinitionErrors
+from jetdag.engine.errors import DefinitionError, DefinitionErrors, DefinitionWarning
 from jetdag.engine.model import WorkflowSpec
 
 _module_ids = itertools.count(1)
 
 
+class Validated(NamedTuple):
+    """What validate_files found: the valid workflows, every error, and the warnings of the valid workflows."""
+
+    specs: list[WorkflowSpec]
+    errors: list[DefinitionError]
+    warnings: list[DefinitionWarning]
+
+
 def load_file(path: str | Path) -> list[WorkflowSpec]:
     """The workflows defined in one .yaml, .yml, .toml (flowlord) or .py file; DefinitionErrors lists every fault."""
-    return [spec for spec, _ in _load_located(path)]
+    return [found.spec for found in _load_located(path)]
 
 
-def validate_files(paths: Iterable[str | Path]) -> tuple[list[WorkflowSpec], list[DefinitionError]]:
-    """Every valid workflow in `paths` and every error, including a name defined twice.
+def validate_files(paths: Iterable[str | Path]) -> Validated:
+    """Every valid workflow in `paths`, every error (including a name defined twice), and every warning.
 
-    Never raises for a faulty definition; a workflow whose name is already taken is left out.
+    Never raises for a faulty definition; a workflow whose name is already taken is left out, with its warnings.
     """
     specs: list[WorkflowSpec] = []
     errors: list[DefinitionError] = []
+    warnings: list[DefinitionWarning] = []
     first: dict[str, At] = {}
     done: set[Path] = set()
     for path in paths:
@@ -43,13 +54,14 @@ def validate_files(paths: Iterable[str | Path]) -> tuple[list[WorkflowSpec], lis
         except DefinitionErrors as exc:
             errors.extend(exc.errors)
             continue
-        for spec, at in located:
+        for spec, at, found in located:
             if spec.name in first:
                 errors.append(_defined_twice(spec.name, at, first[spec.name]))
             else:
                 first[spec.name] = at
                 specs.append(spec)
-    return specs, errors
+                warnings.extend(found)
+    return Validated(specs, errors, warnings)
 
 
 def _defined_twice(name: str, at: At, first: At) -> DefinitionError:
@@ -57,7 +69,7 @@ def _defined_twice(name: str, at: At, first: At) -> DefinitionError:
     return checks.error(at, f"workflow {name!r} is already defined at {place}: workflow names must be unique")
 
 
-def _load_located(path: str | Path) -> list[tuple[WorkflowSpec, At]]:
+def _load_located(path: str | Path) -> list[Located]:
     shown, suffix = str(path), Path(path).suffix
     if suffix.lower() in (".yaml", ".yml"):
         return [read_yaml(path)]
@@ -69,7 +81,7 @@ def _load_located(path: str | Path) -> list[tuple[WorkflowSpec, At]]:
     raise DefinitionErrors([DefinitionError(shown, 1, 1, message)])
 
 
-def _load_python(path: Path, shown: str) -> list[tuple[WorkflowSpec, At]]:
+def _load_python(path: Path, shown: str) -> list[Located]:
     """Import the file and collect the Workflows and WorkflowSpecs bound at its top level."""
     # Imported here: jetdag.engine.workflow imports this package's checks, so importing it at
     # the top would make `import jetdag.engine.workflow` circular.
@@ -77,7 +89,7 @@ def _load_python(path: Path, shown: str) -> list[tuple[WorkflowSpec, At]]:
 
     checks.read_text(path, shown)  # a missing file is "cannot read", not an import error
     module = _import(path, shown)
-    found: list[tuple[WorkflowSpec, At]] = []
+    found: list[Located] = []
     errors: list[DefinitionError] = []
     seen: set[int] = set()
     for value in vars(module).values():
@@ -85,17 +97,19 @@ def _load_python(path: Path, shown: str) -> list[tuple[WorkflowSpec, At]]:
             continue
         seen.add(id(value))
         if isinstance(value, WorkflowSpec):
-            found.append((value, At(shown, 1, 1)))
+            found.append(Located(value, At(shown, 1, 1)))
             continue
         try:
-            found.append((value.spec(), value.origin))
+            spec, warnings = value.check()
         except DefinitionErrors as exc:
             errors.extend(_as_given(e, path, shown) for e in exc.errors)
+            continue
+        found.append(Located(spec, value.origin, tuple(_warning_as_given(w, path, shown) for w in warnings)))
     if not found and not errors:
         example = 'wf = Workflow(name="etl")'
         errors.append(DefinitionError(shown, 1, 1, f"no Workflow defined: assign one at module level, like {example}"))
     first: dict[str, At] = {}
-    for spec, at in found:
+    for spec, at, _ in found:
         if spec.name in first:
             errors.append(_defined_twice(spec.name, at, first[spec.name]))
         first.setdefault(spec.name, at)
@@ -108,6 +122,12 @@ def _as_given(err: DefinitionError, path: Path, shown: str) -> DefinitionError:
     if err.path != shown and Path(err.path).resolve() == path.resolve():
         return DefinitionError(shown, err.line, err.column, err.message)
     return err
+
+
+def _warning_as_given(warning: DefinitionWarning, path: Path, shown: str) -> DefinitionWarning:
+    if warning.path != shown and Path(warning.path).resolve() == path.resolve():
+        return replace(warning, path=shown)
+    return warning
 
 
 def _import(path: Path, shown: str) -> ModuleType:

@@ -3,12 +3,14 @@
 A flowlord workflow file is accepted exactly as flowlord writes it, and maps onto the one model so:
 
 - The workflow is named after the file (`etl_daily.toml` is `etl_daily`); a top-level `name` overrides
-  that, and `description` describes it. Nothing else may stand at the top level.
+  that, `description` describes it and `max_active_runs` caps its runs at once. Nothing else may stand
+  at the top level.
 - Each phase is a task. `task = "topic:job"` names it as written; the topic is its queue and handler,
   the part after the first `:` its job. `dependsOn` names its one parent ("" for none), `retry = N`
   allows N retries, and `template` is the info string rendered at dispatch.
 - `rule` is query-string-like: `key=value` parts joined by `&`, keys in any case. `cron` (seconds
-  first, as flowlord writes it, or 5 fields) and `files` make the phase a trigger that starts runs
+  first, as flowlord writes it and as every format reads it, or 5 fields; kept as written) and `files`
+  make the phase a trigger that starts runs
   at it; `offset` shifts their logical time; `for`, `by`, `meta` and `meta-file` batch them.
   `require:{meta:file}` skips the task unless the key renders non-empty, `retry_delay` sets the
   first retry's delay, `no_alert` silences alerts and `job` sets the job.
@@ -26,22 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jetdag.engine.definitions import checks
-from jetdag.engine.definitions.checks import At, BadValue, Invalid, WrongValue
+from jetdag.engine.definitions import checks, triggers
+from jetdag.engine.definitions.checks import At, BadValue, Invalid, Located, WrongValue
 from jetdag.engine.errors import DefinitionError, DefinitionErrors
 from jetdag.engine.model import Batch, BatchBy, RetryPolicy, TaskSpec, Trigger, WorkflowSpec
 from jetdag.engine.subjects import workflow_key
 
 T = TypeVar("T")
 
-_TOP = ("name", "description", "Phase")
+_TOP = ("name", "description", "max_active_runs", "Phase")
 _PHASE = ("task", "dependsOn", "rule", "retry", "template")
 _RULE = ("cron", "offset", "files", "require", "retry_delay", "no_alert", "for", "by", "meta", "meta-file", "job")
 _STARTERS = ("cron", "files")
 """Rule keys that make a phase start runs by itself."""
 _NEEDS_STARTER = ("offset", "for", "by", "meta", "meta-file")
 _NO_PHASES = "no [[Phase]] tables: a flowlord workflow lists its tasks as [[Phase]] entries"
-_CRON_HELP = "use 6 fields (second minute hour day-of-month month day-of-week), 5 without the seconds, or @daily"
 
 _BARE_OR_QUOTED = r"""(?:"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_-]+)"""
 _TABLE = re.compile(rf"""^\s*(\[\[?)\s*({_BARE_OR_QUOTED}(?:\s*\.\s*{_BARE_OR_QUOTED})*)\s*\]\]?\s*(?:#.*)?$""")
@@ -56,8 +57,9 @@ def load_toml(path: str | Path, text: str | None = None) -> WorkflowSpec:
     return read_toml(path, text)[0]
 
 
-def read_toml(path: str | Path, text: str | None = None) -> tuple[WorkflowSpec, At]:
-    """Like load_toml, and also where the workflow is named: its `name` value, else the first phase's task."""
+def read_toml(path: str | Path, text: str | None = None) -> Located:
+    """Like load_toml, and also where the workflow is named (its `name` value, else the first phase's task). A
+    flowlord file has no warnings: its 6-field crons have always had the seconds first."""
     shown = str(path)
     if text is None:
         text = checks.read_text(Path(path), shown)
@@ -180,24 +182,6 @@ def _scan(path: str, text: str) -> tuple[_Marks, list[_Marks]]:
     return top, phases
 
 
-def _flowlord_cron(value: object) -> str:
-    """flowlord's cron (seconds first when there are 6 fields) as croniter's (seconds last)."""
-    written = checks.as_str(value).strip()
-    parts = written.split()
-    if written.startswith("@") or len(parts) == 5:
-        converted = written
-    elif len(parts) == 6:
-        converted = " ".join([*parts[1:], parts[0]])
-    else:
-        raise BadValue(f"invalid cron expression {written!r}: {_CRON_HELP}")
-    try:
-        return checks.as_cron(converted)
-    except BadValue as exc:
-        if " field " in exc.detail:
-            raise BadValue(exc.detail.replace(repr(converted), repr(written), 1)) from None
-        raise BadValue(f"invalid cron expression {written!r}: {_CRON_HELP}") from None
-
-
 def _text(expected: str) -> Callable[[object], str]:
     def convert(value: object) -> str:
         if not isinstance(value, str) or not value.strip():
@@ -242,9 +226,9 @@ def _meta(value: object) -> dict[str, tuple[str, ...]]:
 
 
 _RULE_VALUES: dict[str, Callable[[Any], Any]] = {
-    "cron": _flowlord_cron,
+    "cron": triggers.as_cron,
     "offset": checks.as_offset,
-    "files": checks.as_globs,
+    "files": triggers.as_globs,
     "require": _text("a template key like {meta:file}"),
     "retry_delay": checks.as_duration,
     "no_alert": _flag,
@@ -294,12 +278,13 @@ class _Reader:
             self.fail(marks.value(key), exc.message(key, where))
             return None
 
-    def workflow(self, data: dict[str, Any], stem: str) -> tuple[WorkflowSpec, At] | None:
+    def workflow(self, data: dict[str, Any], stem: str) -> Located | None:
         for key in data:
             if key not in _TOP:
                 self.fail(self.top.key(key), f"unknown field {key!r}{checks.did_you_mean(key, _TOP)}")
         name = self.take(data, self.top, "name", checks.as_workflow_name, "")
         description = self.take(data, self.top, "description", checks.as_str, "") or ""
+        max_active_runs = self.take(data, self.top, "max_active_runs", checks.as_int(1), "")
         if "name" not in data:
             try:
                 name = checks.as_workflow_name(stem)
@@ -315,12 +300,12 @@ class _Reader:
             return None
         specs: list[TaskSpec] = []
         nodes: list[checks.Node] = []
-        triggers: list[Trigger] = []
+        found: list[Trigger] = []
         for index, table in enumerate(phases):
             spec, node, trigger = self.phase(table, index)
             specs.extend([spec] if spec else [])
             nodes.extend([node] if node else [])
-            triggers.extend([trigger] if trigger else [])
+            found.extend([trigger] if trigger else [])
         self.errors.extend(checks.graph_errors(nodes))
         if self.errors or name is None:
             return None
@@ -335,9 +320,11 @@ class _Reader:
             title=name if name != key else "",
             description=description,
             tasks=tasks,
-            triggers=tuple(triggers),
+            max_active_runs=max_active_runs,
+            triggers=tuple(found),
         )
-        return spec, self.top.value("name") if "name" in data else self.marks(0).value("task")
+        named_at = self.top.value("name") if "name" in data else self.marks(0).value("task")
+        return Located(spec, named_at, ())
 
     def field_at(self, task: str, name: str) -> At:
         marks, require_at = self.task_marks[task]
@@ -443,6 +430,8 @@ class _Reader:
                 rule.values[name] = _RULE_VALUES[name](value if sep else None)
             except Invalid as exc:
                 self.fail(value_at, exc.message(name, where))
+            # No warning for a 6-field cron here: flowlord has always read the seconds first, so in this
+            # format the string never meant anything else (YAML and Python files warn: see triggers.cron_warning).
         if not any(k in rule.at for k in _STARTERS):
             for name in _NEEDS_STARTER:
                 if name in rule.at:

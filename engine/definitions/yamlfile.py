@@ -13,9 +13,9 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
-from jetdag.engine.definitions import checks
-from jetdag.engine.definitions.checks import At, Invalid, WrongValue
-from jetdag.engine.errors import DefinitionError, DefinitionErrors
+from jetdag.engine.definitions import checks, triggers
+from jetdag.engine.definitions.checks import At, Invalid, Located, WrongValue
+from jetdag.engine.errors import DefinitionError, DefinitionErrors, DefinitionWarning
 from jetdag.engine.model import RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
 from jetdag.engine.subjects import DEFAULT_PRIORITY, workflow_key
 
@@ -28,6 +28,8 @@ _TOP = (
     "schedule",
     "timezone",
     "catchup",
+    "catchup_window",
+    "overlap",
     "offset",
     "files",
     "on_message",
@@ -35,7 +37,9 @@ _TOP = (
     "config",
     "tasks",
 )
-_CONFIG = ("max_concurrency", "timeout", "retry_policy")
+_CONFIG = ("max_concurrency", "max_active_runs", "timeout", "retry_policy")
+_SCHEDULE_ONLY = ("timezone", "catchup", "catchup_window", "overlap")
+"""Top-level fields that say how the schedule fires: meaningless without one."""
 _TASK = (
     "name",
     "queue",
@@ -63,8 +67,8 @@ def load_yaml(path: str | Path, text: str | None = None) -> WorkflowSpec:
     return read_yaml(path, text)[0]
 
 
-def read_yaml(path: str | Path, text: str | None = None) -> tuple[WorkflowSpec, At]:
-    """Like load_yaml, and also where the workflow's name is written."""
+def read_yaml(path: str | Path, text: str | None = None) -> Located:
+    """Like load_yaml, and also where the workflow's name is written and the warnings it deserves."""
     shown = str(path)
     if text is None:
         text = checks.read_text(Path(path), shown)
@@ -170,6 +174,7 @@ class _Reader:
     def __init__(self, path: str) -> None:
         self.path = path
         self.errors: list[DefinitionError] = []
+        self.warnings: list[DefinitionWarning] = []
         self.task_maps: dict[str, CommentedMap] = {}
 
     def fail(self, at: At, message: str) -> None:
@@ -236,7 +241,7 @@ class _Reader:
         self.fail(self.value_at(m, key), WrongValue(expected, _plain(value)).message(key, where))
         return None
 
-    def workflow(self, doc: Any) -> tuple[WorkflowSpec, At] | None:
+    def workflow(self, doc: Any) -> Located | None:
         if not isinstance(doc, CommentedMap):
             got = "an empty file" if doc is None else checks.describe(_plain(doc))
             self.fail(self.here(doc), f"a workflow file must be a YAML mapping with 'name' and 'tasks', got {got}")
@@ -244,23 +249,26 @@ class _Reader:
         self.unknown_fields(doc, _TOP, "")
         name = self.required(doc, "name", checks.as_workflow_name, "")
         config = self.mapping(doc, "config", "a mapping with " + ", ".join(_CONFIG), "")
-        retry, timeout, max_concurrency = RetryPolicy(), None, None
+        retry, timeout, max_concurrency, max_active_runs = RetryPolicy(), None, None, None
         if config is not None:
             self.unknown_fields(config, _CONFIG, " in config")
             max_concurrency = self.take(config, "max_concurrency", checks.as_int(1), " in config", None)
+            max_active_runs = self.take(config, "max_active_runs", checks.as_int(1), " in config", None)
             timeout = self.take(config, "timeout", checks.as_duration, " in config", None)
             retry = self.retry(config, " in config", " in config.retry_policy", RetryPolicy())
         tasks = self.tasks(doc, retry)
         params = self.mapping(doc, "params", "a mapping of parameter names to default values", "")
         description = self.take(doc, "description", checks.as_str, "", "")
-        schedule = self.take(doc, "schedule", checks.as_cron, "", None)
-        timezone = self.take(doc, "timezone", checks.as_timezone, "", None)
-        catchup = self.take(doc, "catchup", checks.as_bool, "", False)
-        files = self.take(doc, "files", checks.as_globs, "", ())
-        on_message = self.take(doc, "on_message", checks.as_subject, "", None)
+        schedule = self.take(doc, "schedule", triggers.as_cron, "", None)
+        timezone = self.take(doc, "timezone", triggers.as_timezone, "", None)
+        catchup = self.take(doc, "catchup", triggers.as_catchup, "", triggers.DEFAULT.catchup)
+        window = self.take(doc, "catchup_window", triggers.as_catchup_window, "", triggers.DEFAULT.catchup_window)
+        overlap = self.take(doc, "overlap", triggers.as_overlap, "", triggers.DEFAULT.overlap)
+        files = self.take(doc, "files", triggers.as_globs, "", ())
+        on_message = self.take(doc, "on_message", triggers.as_subject, "", None)
         offset = self.take(doc, "offset", checks.as_offset, "", 0.0)
-        for key in ("timezone", "catchup"):
-            if key in doc and schedule is None:
+        for key in _SCHEDULE_ONLY:
+            if key in doc and doc.get("schedule") is None:  # an invalid schedule has its own error
                 self.fail(self.key_at(doc, key), f"{key!r} applies to 'schedule', which is not set")
         if "offset" in doc and not (schedule or files):
             self.fail(self.key_at(doc, "offset"), "'offset' applies to 'schedule' or 'files', and neither is set")
@@ -280,9 +288,22 @@ class _Reader:
             retry=retry,
             timeout=timeout,
             max_concurrency=max_concurrency,
-            triggers=checks.workflow_triggers(schedule, timezone, catchup, files, on_message, offset),
+            max_active_runs=max_active_runs,
+            triggers=triggers.workflow_triggers(
+                schedule,
+                files,
+                on_message,
+                offset,
+                timezone=timezone,
+                catchup=catchup,
+                catchup_window=window,
+                overlap=overlap,
+            ),
         )
-        return spec, self.value_at(doc, "name")
+        ambiguous = triggers.cron_warning(schedule) if schedule else None
+        if ambiguous:
+            self.warnings.append(checks.warning(self.value_at(doc, "schedule"), ambiguous))
+        return Located(spec, self.value_at(doc, "name"), tuple(self.warnings))
 
     def field_at(self, task: str, field: str) -> At:
         m = self.task_maps[task]

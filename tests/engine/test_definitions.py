@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from jetdag.engine.definitions import load_file, load_yaml, validate_files
 from jetdag.engine.errors import DefinitionErrors
-from jetdag.engine.model import RetryPolicy, TaskSpec, Trigger, TriggerRule, WorkflowSpec
+from jetdag.engine.model import Catchup, RetryPolicy, TaskSpec, Trigger, TriggerRule, WorkflowSpec
 from jetdag.engine.workflow import Task, Workflow
 
 DIAMOND = """\
@@ -116,7 +116,7 @@ def test_every_field_is_read_into_the_model() -> None:
         """),
     )
     assert spec.triggers == (
-        Trigger(cron="*/5 * * * *", timezone="Europe/Paris", catchup=True, offset=-14400.0),
+        Trigger(cron="*/5 * * * *", timezone="Europe/Paris", catchup=Catchup.ALL, offset=-14400.0),
         Trigger(files=("in/*.csv",), offset=-14400.0),
         Trigger(subject="orders.created", offset=-14400.0),
     )
@@ -226,7 +226,7 @@ def test_tasks_are_put_in_dependency_order() -> None:
         pytest.param(
             "schedule: '* * * *'\n" + workflow_yaml("- {name: a, handler: h}"),
             "wf.yaml:1:11: 'schedule': invalid cron expression '* * * *': use 5 fields "
-            "(minute hour day-of-month month day-of-week), 6 with seconds last, or @daily",
+            "(minute hour day-of-month month day-of-week), 6 with the seconds first, or @daily",
             id="cron-field-count",
         ),
         pytest.param(
@@ -268,8 +268,8 @@ def test_tasks_are_put_in_dependency_order() -> None:
         ),
         pytest.param(
             "catchup: yes\nschedule: '@daily'\n" + workflow_yaml("- {name: a, handler: h}"),
-            "wf.yaml:1:10: 'catchup' must be true or false, got 'yes'",
-            id="not-a-bool",
+            "wf.yaml:1:10: 'catchup' must be none, latest or all (or true for all, false for none), got 'yes'",
+            id="bad-catchup",
         ),
         pytest.param(
             "timezone: Mars/Base\nschedule: '@daily'\n" + workflow_yaml("- {name: a, handler: h}"),
@@ -394,7 +394,8 @@ def test_validate_files_reports_every_problem_and_a_name_defined_twice(tmp_path:
     (tmp_path / "one.yaml").write_text(DIAMOND)
     (tmp_path / "two.yml").write_text(DIAMOND)
     (tmp_path / "bad.yaml").write_text("name: [\n")
-    specs, errors = validate_files([tmp_path / "one.yaml", tmp_path / "two.yml", tmp_path / "bad.yaml"])
+    specs, errors, warnings = validate_files([tmp_path / "one.yaml", tmp_path / "two.yml", tmp_path / "bad.yaml"])
+    assert warnings == []
     assert [s.name for s in specs] == ["diamond"]
     assert [(Path(e.path).name, e.line, e.message) for e in errors] == [
         (
@@ -452,11 +453,14 @@ def test_the_flowctl_example_loads_unchanged() -> None:
 
 
 def test_schedule_options_without_a_schedule_are_errors() -> None:
-    text = "name: wf\ntimezone: UTC\ncatchup: true\noffset: -1h\n" + workflow_yaml("- {name: a, handler: h}")[9:]
+    options = "timezone: UTC\ncatchup: true\ncatchup_window: 2h\noverlap: skip\noffset: -1h\n"
+    text = "name: wf\n" + options + workflow_yaml("- {name: a, handler: h}")[9:]
     assert errors_of(text) == [
         "wf.yaml:2:1: 'timezone' applies to 'schedule', which is not set",
         "wf.yaml:3:1: 'catchup' applies to 'schedule', which is not set",
-        "wf.yaml:4:1: 'offset' applies to 'schedule' or 'files', and neither is set",
+        "wf.yaml:4:1: 'catchup_window' applies to 'schedule', which is not set",
+        "wf.yaml:5:1: 'overlap' applies to 'schedule', which is not set",
+        "wf.yaml:6:1: 'offset' applies to 'schedule' or 'files', and neither is set",
     ]
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from jetdag.engine.definitions import load_file, load_yaml
 from jetdag.engine.definitions.export import to_python, to_yaml
-from jetdag.engine.model import Batch, RetryPolicy, TaskSpec, Trigger, TriggerRule, WorkflowSpec
+from jetdag.engine.model import Batch, Catchup, Overlap, RetryPolicy, TaskSpec, Trigger, TriggerRule, WorkflowSpec
 from jetdag.engine.subjects import workflow_key
 
 # Strategies
@@ -83,8 +83,9 @@ template_texts = st.one_of(
     st.sampled_from(["{yyyy}-{mm}-{dd}", "s3://bucket/{yyyy}/{mm}/{dd}/data.csv", "day={yyyy}-{mm}-{dd}"]),
 )
 
-CRONS = ["*/5 * * * *", "0 1 * * *", "30 2 * * 1-5", "0 0 1 * *", "@daily", "@hourly", "0 */2 * * * 30"]
-GLOBS = ["in/*.csv", "/data/**/*.json", "drop/report.txt", "s3://bucket/in/*"]
+CRONS = ["*/5 * * * *", "0 1 * * *", "30 2 * * 1-5", "0 0 1 * *", "@daily", "@hourly", "30 0 */2 * * *"]
+"""The last has 6 fields, seconds first, as every format reads them."""
+GLOBS = ["in/*.csv", "/data/*/*/*.json", "drop/report.txt", "s3://bucket/in/*", "/in/[a-c]?.csv"]
 SUBJECTS = ["orders.created", "files.*", "events.>", "jd-ext.ready"]
 
 
@@ -99,8 +100,15 @@ def triggers(draw: st.DrawFn) -> tuple[Trigger, ...]:
         offset = draw(st.sampled_from([0.0, -14400.0, 3600.0, -86400.0, -90.5]) | st.floats(-1e6, 1e6))
     out: list[Trigger] = []
     if cron:
-        timezone = draw(st.sampled_from([None, "UTC", "Europe/Paris"]))
-        out.append(Trigger(cron=cron, timezone=timezone, catchup=draw(st.booleans()), offset=offset))
+        clock = Trigger(
+            cron=cron,
+            timezone=draw(st.sampled_from([None, "UTC", "Europe/Paris"])),
+            catchup=draw(st.sampled_from(Catchup)),
+            overlap=draw(st.sampled_from(Overlap)),
+            offset=offset,
+        )
+        window = draw(st.none() | durations.filter(lambda seconds: seconds > 0))
+        out.append(clock if window is None else replace(clock, catchup_window=window))
     if files:
         out.append(Trigger(files=files, offset=offset))
     if subject:
@@ -149,6 +157,7 @@ def workflows(draw: st.DrawFn) -> WorkflowSpec:
         retry=retry,
         timeout=draw(st.none() | durations),
         max_concurrency=draw(st.none() | st.integers(1, 50)),
+        max_active_runs=draw(st.none() | st.integers(1, 50)),
         triggers=draw(triggers()),
     )
 
@@ -349,6 +358,12 @@ def test_durations_that_no_unit_says_exactly_are_written_in_seconds() -> None:
             id="cron-and-files",
         ),
         pytest.param(
+            (Trigger(files=("in/*",), overlap=Overlap.SKIP),),
+            "workflow 'Nightly-Report': {fmt} cannot express a timezone, catchup, catchup_window or overlap on a "
+            "files trigger; keep it in TOML",
+            id="overlap-on-files",
+        ),
+        pytest.param(
             (Trigger(files=("in/*",)), Trigger(cron="@daily")),
             "workflow 'Nightly-Report': {fmt} cannot express triggers in another order than schedule, files, "
             "on_message; keep it in TOML",
@@ -364,6 +379,20 @@ def test_what_the_formats_cannot_express_is_refused(triggers: tuple[Trigger, ...
     with pytest.raises(ValueError) as python_error:
         to_python(spec)
     assert str(python_error.value) == expected.format(fmt="the Python builder")
+
+
+def test_schedule_policies_are_written_by_name_and_duration(tmp_path: Path) -> None:
+    clock = Trigger(cron="0 0 2 * * *", catchup=Catchup.LATEST, catchup_window=43200.0, overlap=Overlap.BUFFER_ONE)
+    spec = replace(SMALL, triggers=(clock,), max_active_runs=1)
+    text = to_yaml(spec)
+    assert "schedule: 0 0 2 * * *\ncatchup: latest\ncatchup_window: 12h\noverlap: buffer_one\n" in text
+    assert "config:\n  max_concurrency: 2\n  max_active_runs: 1\n" in text
+    assert load_yaml("x.yaml", text) == spec
+    source = to_python(spec)
+    assert "    catchup='latest',\n    catchup_window='12h',\n    overlap='buffer_one',\n" in source
+    assert "    max_active_runs=1,\n" in source
+    (tmp_path / "policies.py").write_text(source)
+    assert load_file(tmp_path / "policies.py") == [spec]
 
 
 def test_a_title_that_names_another_workflow_is_refused() -> None:

@@ -32,7 +32,8 @@ def test_the_readme_examples_load(name: str) -> None:
 
 
 def test_the_readme_workflow_maps_field_by_field() -> None:
-    spec, at = read_toml(FLOWLORD / "workflow.toml")
+    spec, at, warnings = read_toml(FLOWLORD / "workflow.toml")
+    assert warnings == ()
     assert spec == WorkflowSpec(
         name="workflow",
         tasks=(
@@ -59,9 +60,11 @@ def test_the_readme_workflow_maps_field_by_field() -> None:
 
 
 def test_flowlord_cron_has_its_seconds_first() -> None:
-    [trigger] = load_toml(FLOWLORD / "cron.toml").triggers
-    # `0 0 1 * * *` is second 0, minute 0, hour 1; croniter takes the seconds last. `Offset` is `offset`.
-    assert trigger == Trigger(cron="0 1 * * * 0", offset=-21600.0, start=("topic",))
+    spec, _, warnings = read_toml(FLOWLORD / "cron.toml")
+    # `0 0 1 * * *` is second 0, minute 0, hour 1, kept as written (engine.cron reads it). `Offset` is `offset`.
+    assert spec.triggers == (Trigger(cron="0 0 1 * * *", offset=-21600.0, start=("topic",)),)
+    # Valid with the seconds last too, but flowlord never read it so: no warning in this format (YAML warns).
+    assert warnings == ()
 
 
 def test_files_rule_and_topic_job_tasks() -> None:
@@ -92,16 +95,16 @@ def test_the_readme_require_example_alone_misses_its_parent() -> None:
 def test_batching_by_meta_rows_by_file_and_by_time() -> None:
     [meta] = load_toml(FLOWLORD / "batch_meta.toml").triggers
     assert meta == Trigger(
-        cron="1 2 * * * 0",
+        cron="0 1 2 * * *",
         batch=Batch(meta={"name": ("a", "b", "c"), "value": ("1", "2", "3")}),
         start=("worker:job-meta",),
     )
     [meta_file] = load_toml(FLOWLORD / "batch_meta_file.toml").triggers
     assert meta_file.batch == Batch(meta_file="data.json")
-    assert meta_file.cron == "5 5 * * * 0"
+    assert meta_file.cron == "0 5 5 * * *"
     spec = load_toml(FLOWLORD / "batch_lastweek_quoted.toml")
     assert spec.triggers == (
-        Trigger(cron="7 7 * * * 0", batch=Batch(span=-604800.0, by=BatchBy.DAY), start=("worker:lastweek",)),
+        Trigger(cron="0 7 7 * * *", batch=Batch(span=-604800.0, by=BatchBy.DAY), start=("worker:lastweek",)),
     )
     assert (spec.tasks[0].queue, spec.tasks[0].job) == ("worker", "lastweek")
 
@@ -126,7 +129,7 @@ def test_the_readme_last_week_example_is_not_valid_toml() -> None:
 
 
 def test_name_and_description_override_the_file_name() -> None:
-    spec, at = read_toml("x.toml", 'name = "Nightly Report"\ndescription = "d"\n[[ Phase ]]\ntask = "a"\n')
+    spec, at, _ = read_toml("x.toml", 'name = "Nightly Report"\ndescription = "d"\n[[ Phase ]]\ntask = "a"\n')
     assert (spec.name, spec.title, spec.description, at.line, at.column) == (
         "Nightly-Report",
         "Nightly Report",
@@ -182,8 +185,8 @@ def test_name_and_description_override_the_file_name() -> None:
             task = "a"
             rule = "cron=* * * *"
             """,
-            "wf.toml:3:14: 'cron' in phase 'a': invalid cron expression '* * * *': use 6 fields "
-            "(second minute hour day-of-month month day-of-week), 5 without the seconds, or @daily",
+            "wf.toml:3:14: 'cron' in phase 'a': invalid cron expression '* * * *': use 5 fields "
+            "(minute hour day-of-month month day-of-week), 6 with the seconds first, or @daily",
             id="cron-field-count",
         ),
         pytest.param(
@@ -501,8 +504,9 @@ def test_validate_files_mixes_toml_with_yaml(tmp_path: Path) -> None:
     (tmp_path / "again.toml").write_text('name = "other"\n[[Phase]]\ntask = "a"\n')
     (tmp_path / "broken.toml").write_text('[[Phase]]\ntask = "a"\ndependsOn = "zz"\n')
     paths = [tmp_path / n for n in ("hourly.toml", "other.yaml", "again.toml", "broken.toml")]
-    specs, errors = validate_files(paths)
+    specs, errors, warnings = validate_files(paths)
     assert [s.name for s in specs] == ["hourly", "other"]
+    assert warnings == []
     assert [(Path(e.path).name, e.line, e.column, e.message) for e in errors] == [
         (
             "again.toml",
