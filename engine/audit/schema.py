@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-VERSION: Final = 3
+VERSION: Final = 4
 """Bumped when a table changes shape. A file of a version in MIGRATIONS is brought up to date in
 place (it may hold more history than JD_EVENTS still has); any other version is rebuilt from JD_EVENTS."""
 
@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS events (
     task      VARCHAR,
     attempt   INTEGER,
     kind      VARCHAR NOT NULL,      -- run.submitted, task.started, task.succeeded, task.failed, task.due,
-                                     -- run.deadline, run.step, task.progress, task.audit, task.checkpoint
+                                     -- run.deadline, run.step, task.progress, task.audit, task.checkpoint,
+                                     -- file.seen (run_id '' when the file started no run)
     worker_id VARCHAR,
     payload   JSON                   -- the whole message, for json_extract and ->>
 );
@@ -92,12 +93,16 @@ CREATE TABLE IF NOT EXISTS workers (
     results    BIGINT                -- task results it reported
 );
 
-CREATE TABLE IF NOT EXISTS files (    -- filled by file triggers: which file started which run
+CREATE TABLE IF NOT EXISTS files (    -- filled by file triggers: each file seen, the run it started or why none
+    id       UBIGINT PRIMARY KEY,   -- JD_EVENTS sequence of its file.seen record
     path     VARCHAR,
-    run_id   VARCHAR,
+    size     BIGINT,                -- bytes
+    mtime    TIMESTAMPTZ,
     workflow VARCHAR,
-    seen_at  TIMESTAMPTZ,
-    PRIMARY KEY (path, run_id)
+    trigger  VARCHAR,               -- which of the workflow's triggers: files, files:load …
+    run_id   VARCHAR,               -- NULL when it started none
+    reason   VARCHAR,               -- why none: the schedule is off, present before the trigger was installed …
+    seen_at  TIMESTAMPTZ
 );
 
 CREATE TABLE IF NOT EXISTS alerts (   -- filled by the alerter
@@ -146,6 +151,23 @@ MIGRATIONS: Final = {
     2: f"""
     ALTER TABLE tasks ADD COLUMN sort_at TIMESTAMPTZ;
     UPDATE tasks SET sort_at = {TASK_SORT};
+    """,
+    # Version 3's files table (path, run_id, workflow, seen_at) was never written by anything, so it is
+    # dropped rather than converted. Spelled out rather than taken from DDL: a migration must keep
+    # making version 4's shape when DDL moves on.
+    3: """
+    DROP TABLE IF EXISTS files;
+    CREATE TABLE files (
+        id       UBIGINT PRIMARY KEY,
+        path     VARCHAR,
+        size     BIGINT,
+        mtime    TIMESTAMPTZ,
+        workflow VARCHAR,
+        trigger  VARCHAR,
+        run_id   VARCHAR,
+        reason   VARCHAR,
+        seen_at  TIMESTAMPTZ
+    );
     """,
 }
 """From a version to the next, applied in one transaction when a file is opened."""

@@ -234,6 +234,17 @@ _APPLY = [
         last_seen = greatest(workers.last_seen, excluded.last_seen),
         results = workers.results + excluded.results
     """,
+    # Files: one row per record of a file trigger, keyed by its event's id. Such a record names no task and
+    # no worker and is no run.submitted or run.step, so none of the statements above takes it. TRY: a
+    # sender's odd mtime leaves it NULL instead of failing the batch, which would stop the auditor.
+    """
+    INSERT INTO files (id, path, size, mtime, workflow, trigger, run_id, reason, seen_at)
+    SELECT id, payload->>'$.path', TRY_CAST(payload->>'$.size' AS BIGINT),
+           TRY(to_timestamp(TRY_CAST(payload->>'$.mtime' AS DOUBLE))), workflow, payload->>'$.trigger',
+           nullif(run_id, ''), payload->>'$.reason', ts
+    FROM b_events WHERE kind = 'file.seen' AND payload->>'$.path' IS NOT NULL
+    ON CONFLICT (id) DO NOTHING
+    """,
 ]
 
 
@@ -281,6 +292,15 @@ _EXPORT_DAY = {
 """The column that files each table's rows by day in an export (None: one file)."""
 
 
+def _schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The schema version a file says it has; None when it says nothing (no meta table, or no row)."""
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    except duckdb.CatalogException:
+        return None
+    return int(row[0]) if row else None
+
+
 class AuditStore:
     """The DuckDB file, opened by its one writer; users' SQL runs on cursors of the same instance."""
 
@@ -305,13 +325,7 @@ class AuditStore:
             con = duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
             raise ConfigError(f"cannot open the audit log {self.path}: {exc}") from None
-        version = None
-        if existed:
-            try:
-                row = con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-                version = int(row[0]) if row else None
-            except duckdb.CatalogException:
-                version = None
+        version = _schema_version(con) if existed else None
         if existed and version is not None and version in schema.MIGRATIONS:
             version = self._migrate(con, version)
         if existed and version != schema.VERSION:
@@ -425,17 +439,24 @@ class AuditStore:
         return new
 
     def prune(self, cutoff: dt.datetime) -> dict[str, int]:
-        """Forget runs that finished before `cutoff`, with their tasks, attempts and events.
+        """Forget runs that finished before `cutoff`, with their tasks, attempts and events, and the files
+        seen before it (with their file.seen events).
 
-        Live runs are kept whatever their age, and so are their events."""
+        Live runs are kept whatever their age, and so are their events. A file goes by its own age, not its
+        run's: most files start no run, and their events (run_id '') belong to none."""
         con = self.con
         old = """run_id IN (SELECT run_id FROM runs WHERE finished_at < ?
                  AND status IN ('succeeded', 'failed', 'cancelled'))"""
+        where = {
+            "events": (f"{old} OR (kind = 'file.seen' AND ts < ?)", [cutoff, cutoff]),
+            **{table: (old, [cutoff]) for table in ("attempts", "tasks", "alerts", "runs")},
+            "files": ("seen_at < ?", [cutoff]),
+        }
         removed: dict[str, int] = {}
         con.execute("BEGIN")
         try:
-            for table in ("events", "attempts", "tasks", "files", "alerts", "runs"):
-                row = con.execute(f"DELETE FROM {table} WHERE {old}", [cutoff]).fetchone()
+            for table, (condition, args) in where.items():
+                row = con.execute(f"DELETE FROM {table} WHERE {condition}", args).fetchone()
                 removed[table] = int(row[0]) if row else 0
             con.execute("COMMIT")
         except BaseException:
@@ -594,6 +615,16 @@ class AuditStore:
             raise ConfigError(f"cannot open {self.path} to restore into it (is an auditor running?): {exc}") from None
         loaded: dict[str, int] = {}
         try:
+            # An existing file of an older schema is brought up to date first: DDL creates missing tables
+            # only, and stamping the version over an old table's shape would break ingest later.
+            version = _schema_version(con)
+            if version is not None and version in schema.MIGRATIONS:
+                version = self._migrate(con, version)
+            if version is not None and version != schema.VERSION:
+                raise ConfigError(
+                    f"{self.path} has audit schema {version}, this jetdag writes {schema.VERSION}: "
+                    "restore into a new file"
+                )
             con.execute(schema.DDL)
             con.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", [str(schema.VERSION)])
             for table, day in _EXPORT_DAY.items():

@@ -7,15 +7,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from jetdag.actors.system import System
+from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
 from jetdag.engine.errors import AuditError, NotFound
 from jetdag.engine.handlers import TaskContext, handler
 from jetdag.engine.model import RetryPolicy, TaskSpec, WorkflowSpec
 
 from ..helpers import eventually
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
 @handler("t_audit_sleep")
@@ -109,6 +113,31 @@ async def test_a_task_audit_pages_through_its_events(audited: tuple[System, Clie
         page = await client.task_audit(run_id, "c", after=page["next"], limit=2)
         kinds += [e["kind"] for e in page["events"]]
     assert kinds == ["task.failed", "task.due", "task.succeeded"]
+
+
+async def test_file_triggers_records_become_rows_of_files(audited: tuple[System, Client]) -> None:
+    _, client = audited
+    run_id = await audited_run(client)
+    for seq, (run, reason) in enumerate(((run_id, None), ("", "the schedule is off"))):
+        body = {"v": 1, "k": "file.seen", "run": run, "workflow": DIAMOND.name, "trigger": "files",
+                "path": f"in/{seq}.csv", "size": 10 + seq, "mtime": T0, "ts": T0 + 60 + seq}  # fmt: skip
+        if reason is not None:
+            body["reason"] = reason
+        await client.js.publish(S.file_record_subject(DIAMOND.name), msgpack.packb(body))
+
+    async def recorded() -> list[list[Any]]:
+        result = await client.sql("SELECT path, size, run_id, reason, epoch(seen_at) FROM files ORDER BY id")
+        assert len(result["rows"]) == 2, result["rows"]
+        return list(result["rows"])
+
+    assert await eventually(recorded) == [
+        ["in/0.csv", 10, run_id, None, T0 + 60],
+        ["in/1.csv", 11, None, "the schedule is off", T0 + 61],
+    ]
+    events = await client.sql("SELECT run_id FROM events WHERE kind = 'file.seen' ORDER BY id")
+    assert events["rows"] == [[run_id], [""]]
+    runs = await client.sql("SELECT count(*) FROM runs WHERE run_id = ''")
+    assert runs["rows"] == [[0]], "a record of a file that started no run makes no run"
 
 
 async def test_writes_and_file_access_are_refused_with_a_reason(audited: tuple[System, Client]) -> None:

@@ -24,8 +24,16 @@ async def recent_alerts(client: Client, limit: int) -> list[dict[str, Any]]:
     )
 
 
-async def recent_files(client: Client, limit: int) -> list[dict[str, Any]]:
-    return await audit_rows(client, "SELECT path, run_id, workflow, seen_at FROM files ORDER BY seen_at DESC", limit)
+async def recent_files(client: Client, limit: int, workflow: str | None = None) -> list[dict[str, Any]]:
+    """The files that file triggers saw, newest first: the run each started (run_id) or why none (reason)."""
+    # The SQL service takes no parameters, so the name goes in as a literal: quotes doubled, which is all
+    # escaping a DuckDB string needs (backslashes are plain characters), and the query runs read-only anyway.
+    quoted = workflow.replace("'", "''") if workflow else None
+    where = f"WHERE workflow = '{quoted}'" if quoted is not None else ""
+    sql = f"""SELECT id, seen_at, strftime(timezone('UTC', seen_at), '%Y-%m-%d %H:%M:%S') AS seen_utc, path, size,
+                     mtime, workflow, trigger, run_id, reason
+              FROM files {where} ORDER BY seen_at DESC, id DESC"""
+    return await audit_rows(client, sql, limit)
 
 
 @get("/api/v1/alerts")
