@@ -9,6 +9,7 @@ from nats.js import JetStreamContext
 
 from jetdag.engine.nats.publisher import Publisher
 from jetdag.engine.stores.defs import DefStore
+from jetdag.engine.stores.gate import GateStore
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.subjects import DEFAULT_PARTITIONS
 
@@ -19,6 +20,12 @@ class Counters:
     rejected: int = 0
     deferred: int = 0
     steps: int = 0
+    fired: int = 0
+    """Runs started by cron triggers."""
+    files: int = 0
+    """Runs started by file triggers."""
+    messages: int = 0
+    """Runs started by message triggers."""
 
 
 @dataclass
@@ -28,6 +35,7 @@ class EngineContext:
     runs: RunStore
     publisher: Publisher
     defs: DefStore
+    gate: GateStore
     engine_id: str
     partitions: int = DEFAULT_PARTITIONS
     idle_timeout: float = 30.0

@@ -15,25 +15,42 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from jetdag.engine import subjects as S
 from jetdag.engine.balance import share
 from jetdag.engine.errors import StaleOwner
 from jetdag.engine.nats.setup import farewell
+from jetdag.engine.stores.files import FileStore
 from jetdag.engine.stores.leases import LeaseStore
+from jetdag.engine.stores.schedules import ScheduleStore
 
+from .catalog import Catalog
 from .context import EngineContext
+from .filewatch import FileWatcher
 from .inbox import Inbox
+from .listener import Listener
 from .partition import PartitionOwner
 from .reaper import Reaper
+from .scheduler import Scheduler
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, ctx: EngineContext, *, lease_ttl: float = 6.0) -> None:
-        self.ctx, self.lease_ttl = ctx, lease_ttl
+    def __init__(
+        self,
+        ctx: EngineContext,
+        *,
+        lease_ttl: float = 6.0,
+        replicas: int = 1,
+        clock: Callable[[], float] = time.time,
+        file_settle: float = 1.0,
+    ) -> None:
+        self.ctx, self.lease_ttl, self.replicas, self.clock = ctx, lease_ttl, replicas, clock
+        self.file_settle = file_settle
+        self.scheduler: Scheduler | None = None
         self.supervisor = Supervisor("engine")
         self.held: dict[int, int] = {}  # partition -> lease revision (the fencing token)
         self._renewed: dict[int, float] = {}
@@ -46,6 +63,7 @@ class Engine:
         self.supervisor.start("inbox", Inbox(self.ctx).run, permanent=True)
         # Every engine reaps dead workers; reaping twice is harmless (see reaper.py).
         self.supervisor.start("reaper", self.reaper.run, permanent=True)
+        await self._start_triggers()
         try:
             while True:
                 await self._tend(leases)
@@ -57,6 +75,23 @@ class Engine:
             # Hand the partitions over at once instead of after the TTL.
             releases = [leases.release(S.lease_key(p), revision) for p, revision in held.items()]
             await farewell(*releases, leases.withdraw(self.ctx.engine_id))
+
+    def owns(self, workflow: str) -> bool:
+        """Whether this engine fires the workflow's triggers first: it owns the workflow's partition."""
+        return S.partition_of(workflow, self.ctx.partitions) in self.held
+
+    async def _start_triggers(self) -> None:
+        """Triggers run on every engine: each fires what its partitions own and backs the others up."""
+        schedules = await ScheduleStore.open(self.ctx.js)
+        catalog = Catalog(self.ctx, schedules)
+        self.scheduler = Scheduler(self.ctx, catalog, schedules, self.owns, self.clock)
+        files = FileWatcher(self.ctx, catalog, self.scheduler, await FileStore.open(self.ctx.js), self.owns,
+                            settle=self.file_settle)  # fmt: skip
+        listener = Listener(self.ctx, catalog, self.scheduler, self.replicas)
+        # The catalog's watches come first: the others wait for it to be ready, and restart with it.
+        for name, body in (("catalog", catalog.run), ("scheduler", self.scheduler.run),
+                           ("files", files.run), ("listener", listener.run)):  # fmt: skip
+            self.supervisor.start(name, body, permanent=True)
 
     async def _tend(self, leases: LeaseStore) -> None:
         me = self.ctx.engine_id

@@ -63,7 +63,7 @@ class Inbox:
         try:
             event = await self.submission(msg)
             subject = S.event_subject(S.partition_of(event.run_id, self.ctx.partitions), event.run_id)
-            headers = {MSG_ID: f"{event.run_id}:submit"}
+            headers = {MSG_ID: S.submission_id(event.run_id)}
             await acked([await self.ctx.publisher.publish(subject, encode_event(event), headers)])
             await msg.ack()
         except MessageRejected as err:

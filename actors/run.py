@@ -18,10 +18,15 @@ from jetdag.engine.events import (
     DispatchTask,
     Event,
     InterruptTask,
+    ReleaseSlot,
+    RequestSlot,
+    RunAdmitted,
     RunDeadline,
+    RunHoldCheck,
     RunSubmitted,
     ScheduleDeadline,
     ScheduleDue,
+    ScheduleHoldCheck,
     TaskDue,
     TaskFailed,
     Transition,
@@ -40,7 +45,7 @@ from jetdag.engine.messages import (
 from jetdag.engine.model import WorkflowSpec
 from jetdag.engine.nats.publisher import acked
 from jetdag.engine.run import decide
-from jetdag.engine.state import RunState, RunStatus, new_run
+from jetdag.engine.state import RUN_DONE, RunState, RunStatus, new_run
 
 from .context import EngineContext
 
@@ -172,6 +177,8 @@ class RunActor:
                 self.ctx.counters.deferred += 1
                 settle.append((msg, max(0.001, decision.defer_until - now)))
         state = self._state
+        if commands and not transitions and state is not None:
+            await self._publish(state, commands, [])  # a timer re-armed: nothing changed to save
         if transitions and state is not None:
             await self._publish(state, commands, transitions)
             try:
@@ -202,6 +209,14 @@ class RunActor:
             match cmd:
                 case InterruptTask():
                     continue  # after the save (_interrupt): a handler is stopped only once its run is surely over
+                case RequestSlot() | ReleaseSlot():
+                    futures += await self._gate(state, cmd)
+                    continue
+                case ScheduleHoldCheck():
+                    check = RunHoldCheck(run, time.time(), cmd.due)
+                    headers = {MSG_ID: msg_id(run, "", int(cmd.due * 1000), "hold")}
+                    futures.append(await publish(reply, encode_event(check), headers))
+                    continue
                 case DispatchTask():
                     task = TaskMessage(
                         run_id=run,
@@ -247,6 +262,9 @@ class RunActor:
             about = ("", 0) if isinstance(cmd, ScheduleDeadline) else (cmd.task, cmd.attempt)
             headers = {MSG_ID: msg_id(run, *about, kind)}
             futures.append(await publish(subject, data, headers))
+        if not transitions:
+            await acked(futures)
+            return
         # The step's id hashes its transitions: a step redone after a crash with other events is kept too.
         digest = zlib.crc32("|".join(f"{t.task}:{t.attempt}:{t.status}" for t in transitions).encode())
         step_id = f"{run}:step:{state.seq}:{digest:08x}"
@@ -255,6 +273,32 @@ class RunActor:
             headers = {MSG_ID: step_id if len(parts) == 1 else f"{step_id}:{i}"}
             futures.append(await publish(S.step_subject(p, run), step, headers))
         await acked(futures)  # bounded: a publish lost with a dying server crashes the step, which is redone
+
+    async def _gate(self, state: RunState, cmd: RequestSlot | ReleaseSlot) -> list[asyncio.Future[int]]:
+        """Ask the workflow's `max_active_runs` gate for a slot, or give this run's back; wake every run it
+        admits with a `run.admitted` on its own subject (the publishes' futures, awaited with the step's)."""
+        assert state.spec is not None and state.spec.max_active_runs is not None
+        limit, gate = state.spec.max_active_runs, self.ctx.gate
+        if isinstance(cmd, ReleaseSlot):
+            admitted = await gate.release(state.workflow, self.run_id, limit)
+        else:
+            admitted = await gate.request(state.workflow, self.run_id, limit, self._over if cmd.recheck else None)
+        futures = []
+        for run in admitted:
+            subject = S.event_subject(S.partition_of(run, self.ctx.partitions), run)
+            data = encode_event(RunAdmitted(run, time.time()))
+            futures.append(await self.ctx.publisher.publish(subject, data, {MSG_ID: msg_id(run, "", 0, "admitted")}))
+        return futures
+
+    async def _over(self, runs: list[str]) -> set[str]:
+        """Which of these runs holding slots are over (their release was lost). A run without a snapshot is not:
+        a run takes its slot before its first save."""
+        over = set()
+        for run in runs:
+            snapshot, _ = await self.ctx.runs.load(run)
+            if snapshot is not None and snapshot["status"] in RUN_DONE:
+                over.add(run)
+        return over
 
     def _too_big(self, cmd: DispatchTask, size: int) -> bytes:
         """The failure of an attempt whose task message NATS would refuse, as the event that reports it."""

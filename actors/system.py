@@ -8,7 +8,8 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from nats.aio.client import Client as NATS
 
 from jetdag.engine.nats.setup import Topology, close, connect, ensure
 from jetdag.engine.stores.defs import DefStore
+from jetdag.engine.stores.gate import GateStore
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.subjects import DEFAULT_PARTITIONS
 from jetdag.engine.workers import HEARTBEAT
@@ -51,12 +53,18 @@ class System:
         retention_days: float = 90.0,
         audit_export_to: Path | None = None,
         heartbeat: float = HEARTBEAT,
+        clock: Callable[[], float] = time.time,
+        file_settle: float = 1.0,
     ) -> None:
         self.url, self.with_engine, self.queues = url, engine, list(queues)
         self.concurrency, self.partitions, self.topology = concurrency, partitions, topology or Topology()
         self.engine_id = engine_id or f"{socket.gethostname()}-{os.getpid()}"
         self.idle_timeout, self.drain_timeout = idle_timeout, drain_timeout
         self.heartbeat = heartbeat
+        self.clock = clock
+        """What the scheduler takes for now (tests move it; everything else keeps real time)."""
+        self.file_settle = file_settle
+        """Seconds a file's size and mtime must hold still before a file trigger takes it."""
         self.nc: NATS | None = None
         self.engine: Engine | None = None
         self.worker: Worker | None = None
@@ -72,9 +80,13 @@ class System:
             runs = await RunStore.open(self.nc, js)
             ctx = EngineContext(
                 nc=self.nc, js=js, runs=runs, publisher=runs.publisher, defs=await DefStore.open(js),
-                engine_id=self.engine_id, partitions=self.partitions, idle_timeout=self.idle_timeout,
+                gate=await GateStore.open(js), engine_id=self.engine_id, partitions=self.partitions,
+                idle_timeout=self.idle_timeout,
             )  # fmt: skip
-            self.engine = Engine(ctx, lease_ttl=self.topology.lease_ttl)
+            self.engine = Engine(
+                ctx, lease_ttl=self.topology.lease_ttl, replicas=self.topology.replicas, clock=self.clock,
+                file_settle=self.file_settle,
+            )  # fmt: skip
             self._spawn(self.engine.run(), "engine")
         if self.audit_path is not None:
             self.auditor = Auditor(

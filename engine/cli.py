@@ -594,6 +594,119 @@ def workers(nats: str | None, data: Path, as_json: bool) -> None:
     run_async(go())
 
 
+# --- triggers: schedules and backfills --------------------------------------------------------------
+
+
+def _moment(value: str, option: str) -> dt.datetime:
+    """ISO 8601 (`2026-11-01`, `2026-11-01T13:00`, with `Z` or an offset); without a zone it is UTC."""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: expected ISO 8601, like 2026-11-01 or 2026-11-01T13:00Z", param_hint=option
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+@main.command()
+@click.argument("workflow")
+@click.option("--from", "start", required=True, help="The first tick (ISO 8601, UTC unless it says otherwise).")
+@click.option("--to", "end", required=True, help="The last tick, included.")
+@click.option("--by", type=click.Choice(["hour", "day", "month"]), help="Step from --from by this, not by the cron.")
+@click.option("--trigger", help="Only this clock trigger (its key, or the phase it starts at).")
+@click.option("-p", "--param", "params", multiple=True, help="A run parameter key=value (JSON values allowed).")
+@click.option("-m", "--meta", "metas", multiple=True, help="Run metadata key=value ({meta:key} in templates).")
+@click.option("--dry-run", is_flag=True, help="Print the runs it would start, and start none.")
+@nats_opt
+@data_opt
+@json_opt
+def backfill(
+    workflow: str, start: str, end: str, by: str | None, trigger: str | None, params: tuple[str, ...],
+    metas: tuple[str, ...], dry_run: bool, nats: str | None, data: Path, as_json: bool,
+) -> None:  # fmt: skip
+    """Start the runs a workflow's schedule would have started from --from to --to (flowlord's backload).
+
+    Prints them first; then starts those that do not exist yet. Run again, it starts nothing twice, and
+    nothing the scheduler already started for those ticks."""
+    low, high = _moment(start, "--from"), _moment(end, "--to")
+    parsed, meta = _param(params), _param(metas)
+
+    async def go() -> int:
+        from jetdag.engine.client import Client
+
+        async with await Client.connect(find_nats(nats, data)) as client:
+            plan = await client.backfill(
+                workflow, low, high, by=by, trigger=trigger, params=parsed, meta=meta, dry_run=True
+            )
+            new = [r for r in plan if not r["exists"]]
+            if not as_json:
+                click.echo(f"backfill of {workflow}: {len(plan)} run(s), {len(new)} new, {len(plan) - len(new)} there")
+                for r in plan:
+                    when = dt.datetime.fromtimestamp(r["logical_time"], dt.UTC).isoformat(timespec="seconds")
+                    click.echo(f"  {when.replace('+00:00', 'Z')}  {r['run_id']}  {'exists' if r['exists'] else 'new'}")
+            if dry_run or not new:
+                print_json(plan) if as_json else None
+                return 0
+            with click.progressbar(length=len(new), label="starting", file=sys.stderr) as bar:
+                done = 0
+
+                def step(started: int, _: int) -> None:
+                    nonlocal done
+                    bar.update(started - done)
+                    done = started
+
+                plan = await client.backfill(
+                    workflow, low, high, by=by, trigger=trigger, params=parsed, meta=meta, progress=step
+                )
+        if as_json:
+            print_json(plan)
+        else:
+            click.echo(f"started {len(new)} run(s)")
+        return 0
+
+    run_async(go())
+
+
+@main.command()
+@click.argument("workflow", required=False)
+@click.option("--on", "switch", flag_value="on", help="Switch the workflow's schedule on.")
+@click.option("--off", "switch", flag_value="off", help="Switch it off: its triggers start no runs.")
+@nats_opt
+@data_opt
+@json_opt
+def schedules(workflow: str | None, switch: str | None, nats: str | None, data: Path, as_json: bool) -> None:
+    """The workflows triggers start: on or off, each trigger's next and last fire; or switch one on or off."""
+    if switch and not workflow:
+        raise click.UsageError("--on/--off need a WORKFLOW")
+
+    async def go() -> int:
+        from jetdag.engine.client import Client
+
+        async with await Client.connect(find_nats(nats, data)) as client:
+            if switch:
+                views = [await client.toggle_schedule(workflow or "", switch == "on", by=_operator())]
+            elif workflow:
+                views = [await client.schedule(workflow)]
+            else:
+                views = await client.scheduled()
+        if as_json:
+            print_json(views)
+            return 0
+        click.echo(f"{'WORKFLOW':<24} {'STATE':<5} {'TRIGGER':<16} {'WHAT':<28} {'NEXT FIRE':<26} LAST FIRE")
+        for view in views:
+            for t in view["triggers"] or [{}]:
+                last = t.get("last_fire")
+                last_text = dt.datetime.fromtimestamp(last, dt.UTC).isoformat(timespec="seconds") if last else "-"
+                what = str(t.get("what") or "-") + (f" ({t['timezone']})" if t.get("timezone") else "")
+                click.echo(
+                    f"{view['workflow']:<24} {'on' if view['enabled'] else 'off':<5} {t.get('key', '-'):<16} "
+                    f"{what:<28} {t.get('next_fire') or '-':<26} {last_text}"
+                )
+        return 0
+
+    run_async(go())
+
+
 # --- benchmarks ------------------------------------------------------------------------------------
 
 BENCH_WORKLOADS = {

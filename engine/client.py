@@ -7,6 +7,8 @@ import contextlib
 import datetime as dt
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -18,8 +20,8 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
+from jetdag.engine import firing, templates
 from jetdag.engine import subjects as S
-from jetdag.engine import templates
 from jetdag.engine.durations import parse_duration
 from jetdag.engine.errors import (
     AuditError,
@@ -34,7 +36,8 @@ from jetdag.engine.errors import (
 from jetdag.engine.events import Event, RunCancel, RunPause, RunResume, RunSubmitted, TaskIgnore
 from jetdag.engine.ids import new_run_id
 from jetdag.engine.messages import MSG_ID, command_id, encode_event, pack
-from jetdag.engine.model import WorkflowSpec, one_task_spec
+from jetdag.engine.model import BatchBy, WorkflowSpec, one_task_spec
+from jetdag.engine.nats.capture import capture, release
 from jetdag.engine.nats.publisher import acked
 from jetdag.engine.nats.setup import close, connect
 from jetdag.engine.run import rerun_done, why_not
@@ -100,8 +103,86 @@ class Client:
         await self.close()
 
     async def apply(self, spec: WorkflowSpec) -> tuple[Applied, int]:
-        """Register `spec` (a new version when it changed)."""
-        return await self.defs.apply(spec)
+        """Register `spec` (a new version when it changed). A workflow with an `on_message` trigger listens from
+        now on: messages published on its subject once this returns are kept for the engines to start runs of."""
+        try:
+            before: WorkflowSpec | None = (await self.defs.get(spec.name))[0]
+        except NotFound:
+            before = None
+        subject = next((t.subject for t in spec.triggers if t.subject), None)
+        if subject is not None:
+            await capture(self.js, spec.name, subject)
+        applied = await self.defs.apply(spec)
+        if subject is None and before is not None and any(t.subject for t in before.triggers):
+            await release(self.js, spec.name)
+        return applied
+
+    async def scheduled(self) -> list[dict[str, Any]]:
+        """Every workflow that a trigger starts, with its schedule (`schedule_view`), by name."""
+        now, out = dt.datetime.now(dt.UTC), []
+        for name in await self.defs.names():
+            try:
+                spec, _ = await self.defs.get(name)
+            except NotFound:
+                continue
+            if has_schedule(spec):
+                out.append(schedule_view(spec, await self.schedules.get(name), now))
+        return out
+
+    async def backfill(
+        self,
+        workflow: str,
+        start: dt.datetime | float,
+        end: dt.datetime | float,
+        *,
+        by: str | None = None,
+        trigger: str | None = None,
+        params: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+        dry_run: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Start the runs of the workflow's ticks from `start` to `end` (both included), oldest first: of its clock
+        triggers (or the one named `trigger`), or every hour/day/month from `start` with `by`. Each answers
+        `{"run_id", "logical_time", "trigger", "meta", "exists"}`; a run that exists already (fired by the scheduler,
+        or by this backfill before) is not started again. `dry_run` only says what it would start. `progress`
+        hears (started, to start) as submissions are stored. BackfillError when it cannot be planned."""
+        key = S.workflow_key(workflow)
+        spec, revision = await self.defs.get(key)
+        step = BatchBy(by) if by is not None else None
+        low, high = (t.timestamp() if isinstance(t, dt.datetime) else float(t) for t in (start, end))
+        runs = firing.backfill(
+            spec, revision, low, high, time.time(), by=step, trigger=trigger, params=params, meta=meta,
+            read=lambda path: Path(path).read_bytes(),
+        )  # fmt: skip
+        exists = await self._exist([r.run_id for r in runs])
+        plan = [
+            {"run_id": r.run_id, "logical_time": r.logical_time, "trigger": r.trigger, "exists": r.run_id in exists,
+             "meta": r.meta or {}}
+            for r in runs
+        ]  # fmt: skip
+        if dry_run:
+            return plan
+        todo = [r for r in runs if r.run_id not in exists]
+        for done in range(0, len(todo), 256):
+            futures = []
+            for event in todo[done : done + 256]:
+                subject = S.event_subject(S.partition_of(event.run_id), event.run_id)
+                data, headers = encode_event(event), {MSG_ID: S.submission_id(event.run_id)}
+                futures.append(await self.publisher.publish(subject, data, headers))
+            await acked(futures)
+            if progress is not None:
+                progress(min(done + 256, len(todo)), len(todo))
+        return plan
+
+    async def _exist(self, run_ids: list[str]) -> set[str]:
+        """Which of these runs exist (have a snapshot), asking a few hundred at a time."""
+        found: set[str] = set()
+        for start in range(0, len(run_ids), 256):
+            chunk = run_ids[start : start + 256]
+            loads = await asyncio.gather(*(self.runs.load(r) for r in chunk))
+            found |= {r for r, (snapshot, _) in zip(chunk, loads, strict=True) if snapshot is not None}
+        return found
 
     async def schedule(self, workflow: str) -> dict[str, Any]:
         """Whether the workflow's schedule is on, and when its clock fires next; NotFound for no such workflow."""
@@ -169,7 +250,7 @@ class Client:
         if not S.is_token(event.run_id) or len(event.run_id) > 64:
             raise SubmissionError(f"run id {event.run_id!r}: use up to 64 letters, digits, '-' and '_'")
         subject = S.event_subject(S.partition_of(event.run_id), event.run_id)
-        headers = {MSG_ID: f"{event.run_id}:submit"}
+        headers = {MSG_ID: S.submission_id(event.run_id)}
         await acked([await self.publisher.publish(subject, encode_event(event), headers)])
         return event.run_id
 
@@ -235,12 +316,12 @@ class Client:
                 f"cannot rerun run {run_id}: it is still {snapshot['status']}; wait for it or cancel it first"
             )
         spec = await self._spec_of(run_id, snapshot)
-        done = rerun_done(run_id, spec, snapshot["tasks"], from_task)
+        done = rerun_done(run_id, spec, snapshot["tasks"], from_task, snapshot.get("start"))
         new = new_id or new_run_id()
         event = RunSubmitted(
             new, snapshot["workflow"], snapshot["def_rev"], snapshot["params"], time.time(), spec=snapshot.get("spec"),
             logical_time=snapshot.get("logical_time"), meta=snapshot.get("meta") or None, done=done or None,
-            rerun_of=run_id,
+            rerun_of=run_id, start=snapshot.get("start"),
         )  # fmt: skip
         return await self._start(event)
 

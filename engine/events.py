@@ -31,6 +31,30 @@ class RunSubmitted:
     """A rerun's tasks that are not run again: task -> the original run's result (pre-marked succeeded)."""
     rerun_of: str | None = None
     """The run this one reruns (`jetdag rerun`)."""
+    start: list[str] | None = None
+    """The tasks the run begins at (a trigger on a flowlord phase); the others are skipped. None: the roots."""
+    trigger: str | None = None
+    """What started it, when not a person: a trigger's key ("cron", "files:load", "message") or "backfill"."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunAdmitted:
+    """A run held back by its workflow's `max_active_runs` got a slot: it starts now."""
+
+    kind: ClassVar[str] = "run.admitted"
+    run_id: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunHoldCheck:
+    """A timer of a run held back by `max_active_runs`: at `due` it asks for a slot again (in case the wake-up
+    of the run that freed one was lost)."""
+
+    kind: ClassVar[str] = "run.hold"
+    run_id: str
+    ts: float
+    due: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +165,8 @@ class TaskIgnore:
 
 Event = (
     RunSubmitted
+    | RunAdmitted
+    | RunHoldCheck
     | TaskStarted
     | TaskSucceeded
     | TaskFailed
@@ -155,6 +181,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     t.kind: t
     for t in (
         RunSubmitted,
+        RunAdmitted,
+        RunHoldCheck,
         TaskStarted,
         TaskSucceeded,
         TaskFailed,
@@ -218,7 +246,37 @@ class InterruptTask:
     attempt: int
 
 
-Command = DispatchTask | ScheduleDue | DeadLetter | ScheduleDeadline | InterruptTask
+@dataclass(frozen=True, slots=True)
+class RequestSlot:
+    """Ask the workflow's gate (`max_active_runs`) for a slot; the gate wakes the run with a RunAdmitted.
+
+    `recheck`: also free the slots of active runs that are over or gone (a timer's request, not the first)."""
+
+    recheck: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSlot:
+    """The run is over: give its slot (or its place in the line) back and wake the runs next in line."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleHoldCheck:
+    """Publish a RunHoldCheck for the run to itself; it is redelivered until `due`."""
+
+    due: float
+
+
+Command = (
+    DispatchTask
+    | ScheduleDue
+    | DeadLetter
+    | ScheduleDeadline
+    | InterruptTask
+    | RequestSlot
+    | ReleaseSlot
+    | ScheduleHoldCheck
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from jetdag.actors.system import System
 from jetdag.engine.client import Client
 from jetdag.engine.definitions import validate_files
 from jetdag.engine.errors import ConfigError
+from jetdag.engine.follow import KINDS, definition_files, follow
 from jetdag.engine.home import DataDir
 from jetdag.engine.model import WorkflowSpec
 from jetdag.engine.nats.server import NatsServer
@@ -217,9 +218,14 @@ async def run_up(
             click.echo(f"jetdag is up\n  dashboard  {dashboard}\n  nats       {nats}   (data in {data})")
             click.echo(f'  audit log  {data / "audit.duckdb"}   (jetdag sql "SELECT … FROM runs")')
             click.echo(f"  workflows  {', '.join(names) or '(none)'}\nStop with Ctrl-C.", nl=True)
+            following = asyncio.create_task(_follow(nats, workflows), name="follow") if workflows else None
             try:
                 await _until(stop, server_died.wait(), web_task, system.wait())
             finally:
+                if following is not None:
+                    following.cancel()
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await following
                 web.should_exit = True
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await web_task
@@ -232,6 +238,17 @@ async def run_up(
         if server:
             server.stop()
         home.unlock()
+
+
+async def _follow(nats: str, workflows: Path) -> None:
+    """Apply the definition files of `--workflows` again as they change (engine/follow.py)."""
+    async with await Client.connect(nats) as client:
+
+        async def apply(spec: WorkflowSpec) -> tuple[str, int]:
+            result, version = await client.apply(spec)
+            return result.value, version
+
+        await follow(workflows, apply, lambda line: click.echo(line, err=True))
 
 
 def _watch_child(server: NatsServer, died: asyncio.Event) -> None:
@@ -253,8 +270,7 @@ def _engine_id(data: Path) -> str:
 
 def _definition_paths(workflows: Path | None, no_examples: bool) -> list[str]:
     paths = [] if no_examples else sorted(str(p) for p in files("jetdag.engine.examples").iterdir())
-    kinds = (".yaml", ".yml", ".toml", ".py")
-    paths = [p for p in paths if Path(p).suffix in kinds and not Path(p).name.startswith("__")]
+    paths = [p for p in paths if Path(p).suffix in KINDS and not Path(p).name.startswith("__")]
     if workflows:
-        paths += [str(p) for p in sorted(workflows.iterdir()) if p.suffix in kinds]
+        paths += [str(p) for p in definition_files(workflows)]
     return paths

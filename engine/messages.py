@@ -77,7 +77,15 @@ _REQUIRED: Final[dict[str, type | tuple[type, ...]]] = {
     "reason": str,
     "by": str,
 }
-_OPTIONAL: Final[dict[str, type | tuple[type, ...]]] = {"done": dict, "rerun_of": str, "started": (int, float)}
+_OPTIONAL: Final[dict[str, type | tuple[type, ...]]] = {
+    "done": dict,
+    "rerun_of": str,
+    "started": (int, float),
+    "meta": dict,
+    "start": list,
+    "trigger": str,
+    "due": (int, float),
+}
 
 
 def _check_types(subject: str, event: Event) -> None:

@@ -21,13 +21,18 @@ from jetdag.engine.events import (
     DispatchTask,
     Event,
     InterruptTask,
+    ReleaseSlot,
+    RequestSlot,
+    RunAdmitted,
     RunCancel,
     RunDeadline,
+    RunHoldCheck,
     RunPause,
     RunResume,
     RunSubmitted,
     ScheduleDeadline,
     ScheduleDue,
+    ScheduleHoldCheck,
     TaskDue,
     TaskFailed,
     TaskIgnore,
@@ -53,6 +58,10 @@ log = logging.getLogger(__name__)
 EARLY_RETRY = 0.5
 """Seconds before an event that arrived ahead of its cause is looked at again."""
 
+HOLD_CHECK = 30.0
+"""Seconds between a held run's requests for a slot of its workflow's `max_active_runs`. The run that frees a
+slot wakes the next in line at once; this only makes up for a wake-up lost with a crashed engine."""
+
 
 def decide(state: RunState | None, event: Event, now: float) -> Decision:
     """Apply `event` to `state` (in place) and say what must happen next."""
@@ -63,6 +72,10 @@ def decide(state: RunState | None, event: Event, now: float) -> Decision:
         match event:
             case RunSubmitted():
                 _on_submitted(state, event, now, decision)
+            case RunAdmitted():
+                _on_admitted(state, event, now, decision)
+            case RunHoldCheck():
+                _on_hold_check(state, event, now, decision)
             case TaskStarted():
                 _on_started(state, event, now, decision)
             case TaskSucceeded():
@@ -101,19 +114,72 @@ def _on_submitted(state: RunState, ev: RunSubmitted, now: float, d: Decision) ->
     if ev.error or state.spec is None:
         _finish(state, RunStatus.FAILED, now, d, error=ev.error or "the run has no workflow definition")
         return
+    if state.held:
+        d.reason = "duplicate submission (the run waits for a slot)"
+        return
+    state.rerun_of, state.start, state.trigger = ev.rerun_of, ev.start, ev.trigger
+    if state.spec.max_active_runs is not None:
+        # Recorded as pending (the snapshot shows it waiting); a RunAdmitted starts it.
+        state.held, state.seed = True, ev.done
+        d.transitions.append(Transition(None, 0, state.status.value, now))
+        d.commands += [RequestSlot(), ScheduleHoldCheck(now + HOLD_CHECK)]
+        return
+    _begin(state, ev.done or {}, now, d)
+
+
+def _begin(state: RunState, done: Mapping[str, Any], now: float, d: Decision) -> None:
+    """The run starts: its start tasks (or roots) are dispatched, a rerun's kept tasks are seeded."""
+    assert state.spec is not None
     # Paused before it started: it starts paused, its roots wait in `ready` for the resume.
     state.status = RunStatus.PAUSED if state.status is RunStatus.PAUSED else RunStatus.RUNNING
-    state.started_at, state.rerun_of = now, ev.rerun_of
+    state.started_at = now
     d.transitions.append(Transition(None, 0, state.status.value, now))
     if not state.tasks:
         _finish(state, RunStatus.SUCCEEDED, now, d)
         return
     if state.spec.timeout is not None:
         d.commands.append(ScheduleDeadline(now + state.spec.timeout))
-    _seed_done(state, ev.done or {}, now, d)
-    for name in state.spec.roots:
+    starts = _skip_outside_start(state, now, d)
+    _seed_done(state, done, now, d)
+    for name in starts:
         if state.tasks[name].status is TaskStatus.WAITING and not state.done:
             _dispatch(state, name, now, d)
+
+
+def _skip_outside_start(state: RunState, now: float, d: Decision) -> tuple[str, ...]:
+    """A run a trigger starts at some tasks (a flowlord phase): every task not downstream of them is skipped
+    (a child of one of them and of a skipped task judges that skip by its rule). The tasks to dispatch."""
+    assert state.spec is not None
+    starts = tuple(name for name in state.start or () if name in state.tasks)
+    if not starts:
+        return state.spec.roots
+    reach = _downstream(state.spec, starts)
+    why = f"not downstream of {', '.join(starts)}, where the trigger starts this run"
+    for name, task in state.tasks.items():
+        if name not in reach:
+            task.status, task.finished_at = TaskStatus.SKIPPED, now
+            state.remaining -= 1
+            d.transitions.append(Transition(name, 0, TaskStatus.SKIPPED.value, now, why))
+    return starts
+
+
+def _on_admitted(state: RunState, ev: RunAdmitted, now: float, d: Decision) -> None:
+    if not state.held or state.done:
+        d.reason = "the run does not wait for a slot"
+        return
+    state.held = False
+    done, state.seed = state.seed or {}, None
+    _begin(state, done, now, d)
+
+
+def _on_hold_check(state: RunState, ev: RunHoldCheck, now: float, d: Decision) -> None:
+    if not state.held or state.done:
+        d.reason = "the run does not wait for a slot"
+        return
+    if ev.due > now:
+        d.defer_until, d.reason = ev.due, "hold check not due yet"
+        return
+    d.commands += [RequestSlot(recheck=True), ScheduleHoldCheck(now + HOLD_CHECK)]
 
 
 def _seed_done(state: RunState, done: Mapping[str, Any], now: float, d: Decision) -> None:
@@ -348,27 +414,40 @@ def _reopen_skipped(state: RunState, name: str, now: float, d: Decision) -> None
 
 
 def rerun_done(
-    run_id: str, spec: WorkflowSpec, tasks: Mapping[str, Mapping[str, Any]], from_task: str | None = None
+    run_id: str,
+    spec: WorkflowSpec,
+    tasks: Mapping[str, Mapping[str, Any]],
+    from_task: str | None = None,
+    start: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """What a rerun of run `run_id` (its snapshot's `tasks`) keeps: task -> result, for RunSubmitted.done.
 
     From `from_task`: it and everything downstream run again, the rest is kept. Without it: the
     tasks that did not succeed (failed, cancelled, skipped) and everything downstream of them run
     again; when every task succeeded, all run again. A kept task must have succeeded or been
-    ignored (it is kept as succeeded, with no result); ControlError says which one did not.
+    ignored (it is kept as succeeded, with no result); ControlError says which one did not. A run a trigger
+    started at some tasks (`start`) reruns from there too: the tasks it skipped as not downstream of them
+    are neither run nor kept.
     """
     if from_task is not None and from_task not in spec.by_name:
         known = ", ".join(spec.by_name)
         raise ControlError(f"run {run_id} has no task {from_task!r} to rerun from (its tasks: {known})")
+    starts = [name for name in start or () if name in spec.by_name]
+    reach = _downstream(spec, starts) if starts else set(spec.by_name)
+    if from_task is not None and from_task not in reach:
+        raise ControlError(
+            f"run {run_id} did not run {from_task!r}: its trigger starts it at {', '.join(starts)}, and "
+            f"{from_task!r} is not downstream of that"
+        )
     ok = ("succeeded", "ignored")
     if from_task is not None:
         again = _downstream(spec, [from_task])
     else:
-        not_ok = [n for n in spec.by_name if (tasks.get(n) or {}).get("status") not in ok]
-        again = _downstream(spec, not_ok) if not_ok else set(spec.by_name)
+        not_ok = [n for n in reach if (tasks.get(n) or {}).get("status") not in ok]
+        again = _downstream(spec, not_ok) if not_ok else reach
     done: dict[str, Any] = {}
     for name in spec.by_name:
-        if name in again:
+        if name in again or name not in reach:
             continue
         status = (tasks.get(name) or {}).get("status")
         if status not in ok:
@@ -551,6 +630,9 @@ _DECISIVE: Final = {
 
 def _finish(state: RunState, status: RunStatus, now: float, d: Decision, error: str | None = None) -> None:
     state.status, state.finished_at = status, now
+    if state.spec is not None and state.spec.max_active_runs is not None:
+        d.commands.append(ReleaseSlot())  # its slot, or its place in line; harmless when it had neither
+    state.held, state.seed = False, None
     if error is not None:
         state.error = error
     elif status is RunStatus.FAILED:

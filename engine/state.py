@@ -129,6 +129,14 @@ class RunState:
     of decide's, never stored, so a join's parents are each looked at once, not once per parent."""
     rerun_of: str | None = None
     """The run this one reruns (`jetdag rerun`), if any."""
+    start: list[str] | None = None
+    """The tasks a triggered run begins at (RunSubmitted.start); the tasks not downstream of them are skipped."""
+    trigger: str | None = None
+    """What started the run when no person did (RunSubmitted.trigger)."""
+    held: bool = False
+    """Waiting for a slot of its workflow's `max_active_runs`: pending until a RunAdmitted starts it."""
+    seed: dict[str, Any] | None = None
+    """While held: a rerun's kept tasks and their results (RunSubmitted.done), applied when it starts."""
     _chunks: list[tuple[_Chunk, list[tuple[str, TaskState]]]] | None = field(
         default=None, init=False, compare=False, repr=False
     )
@@ -179,7 +187,7 @@ class RunState:
         map header), the chunks of tasks with `plain` built, the tail (the fields after "tasks")."""
         head, tail = self._fields()
         # Each of head and tail packed as a map, less its header: a map of up to 15 entries (head has 12, tail
-        # at most 4) has a one-byte header, followed by each key and value packed, as in the snapshot's map.
+        # at most 8) has a one-byte header, followed by each key and value packed, as in the snapshot's map.
         packed_head = b"".join(
             [
                 _packer.pack_map_header(len(head) + 1 + len(tail)),
@@ -239,6 +247,14 @@ class RunState:
             tail["ready"] = self.ready
         if self.rerun_of is not None:
             tail["rerun_of"] = self.rerun_of
+        if self.start:
+            tail["start"] = self.start
+        if self.trigger is not None:
+            tail["trigger"] = self.trigger
+        if self.held:
+            tail["held"] = True
+        if self.seed is not None:
+            tail["seed"] = self.seed
         if self.inline and self.spec is not None:
             tail["spec"] = self.spec.to_dict()
         return head, tail
@@ -269,6 +285,10 @@ class RunState:
             remaining=sum(1 for t in tasks.values() if t.status not in TASK_DONE),
             active=sum(1 for t in tasks.values() if t.status in TASK_ACTIVE),
             rerun_of=d.get("rerun_of"),
+            start=d.get("start"),
+            trigger=d.get("trigger"),
+            held=bool(d.get("held", False)),
+            seed=d.get("seed"),
         )
 
 

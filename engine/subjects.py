@@ -10,12 +10,15 @@ TASKS: Final = "JD_TASKS"
 EVENTS: Final = "JD_EVENTS"
 INBOX: Final = "JD_INBOX"
 DLQ: Final = "JD_DLQ"
+TRIGGERS: Final = "JD_TRIGGERS"
+"""Captures the subjects of `on_message` triggers that no other stream holds; its subjects follow the workflows."""
 
 RUNS_KV: Final = "jd_runs"
 DEFS_KV: Final = "jd_defs"
 LEASES_KV: Final = "jd_leases"
 WORKERS_KV: Final = "jd_workers"
 SCHEDULES_KV: Final = "jd_schedules"
+FILES_KV: Final = "jd_files"
 BLOBS: Final = "jd_blobs"
 
 PRIORITIES: Final = range(10)  # 0..9, 9 is served first
@@ -94,6 +97,37 @@ def command_subject(verb: str) -> str:
 
 INTERRUPT: Final = command_subject("interrupt")
 """Core NATS: `{run, task, attempt}` of a running attempt whose run was cancelled; workers stop its handler."""
+
+
+def gate_key(workflow: str) -> str:
+    """The `jd_schedules` key of a workflow's `max_active_runs` gate (its active runs and the line); two tokens,
+    so a watch of the schedules (`*`) passes it by."""
+    return f"gate.{workflow}"
+
+
+def file_key(workflow: str, digest: str) -> str:
+    """The `jd_files` key of one file a workflow's file trigger has seen (`digest` hashes trigger and path)."""
+    return f"{workflow}.{digest}"
+
+
+def file_record_subject(workflow: str) -> str:
+    """Where the file watcher records every file it saw (the run it started, or why none), for the audit log.
+    Inside `jd.evt.>`, so the auditor reads it, but no partition's filter (`jd.evt.<p>.*`) takes it."""
+    return f"jd.evt.files.{workflow}"
+
+
+def message_consumer(workflow: str) -> str:
+    """The durable consumer that turns the messages of a workflow's `on_message` subject into runs."""
+    return f"jd_on_{workflow}"
+
+
+RESERVED_PREFIXES: Final = ("jd.", "$", "_INBOX.")
+"""Subjects jetdag or NATS use: an `on_message` trigger cannot listen there."""
+
+
+def submission_id(run_id: str) -> str:
+    """The dedupe id of a run's submission: however many times it is sent, one run starts."""
+    return f"{run_id}:submit"
 
 
 def lease_key(partition: int) -> str:

@@ -18,8 +18,9 @@ def run_view(snapshot: dict[str, Any], *, tasks: bool = True) -> dict[str, Any]:
         "finished_at": snapshot["finished_at"],
         "error": snapshot["error"],
     }
-    if snapshot.get("rerun_of"):
-        view["rerun_of"] = snapshot["rerun_of"]
+    for key in ("rerun_of", "trigger", "logical_time", "meta", "start", "held"):
+        if snapshot.get(key):
+            view[key] = snapshot[key]
     if tasks:
         view["tasks"] = {name: task_view(t) for name, t in snapshot["tasks"].items()}
     return view

@@ -148,6 +148,7 @@ async def ensure(js: JetStreamContext, topology: Topology | None = None, leader_
         (S.LEASES_KV, 1, t.lease_ttl),
         (S.WORKERS_KV, 1, t.worker_ttl),
         (S.SCHEDULES_KV, 1, None),
+        (S.FILES_KV, 1, None),
     ]
     for bucket, history, ttl in buckets:
         names.append(f"KV_{bucket}")

@@ -28,9 +28,11 @@ async def test_the_switch_flips_and_is_kept(client: Client) -> None:
 async def test_the_switch_keeps_what_the_scheduler_wrote(client: Client) -> None:
     await client.apply(HOURLY)
     kv = await client.js.key_value(S.SCHEDULES_KV)
-    await kv.put(HOURLY.name, msgpack.packb({"v": 1, "enabled": True, "last_fire": 1234.5}))
+    progress = {"tick": 1234.5, "fired": 1234.5, "runs": ["R1"]}
+    await kv.put(HOURLY.name, msgpack.packb({"v": 1, "enabled": True, "triggers": {"cron": progress}}))
     state = await client.toggle_schedule(HOURLY.name)
     assert state["enabled"] is False and state["last_fire"] == 1234.5
+    assert (await client.schedules.get(HOURLY.name)).trigger("cron").runs == ("R1",)
 
 
 async def test_a_workflow_without_triggers_or_name_is_refused(client: Client) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import orjson
 import pytest
 
@@ -143,6 +145,18 @@ def test_validate_reports_toml_and_python_errors_with_their_places(tmp_path: Pat
     ]
 
 
+def test_validate_prints_warnings_to_stderr_and_still_exits_0(tmp_path: Path) -> None:
+    write(tmp_path / "early.yaml", "name: early\nschedule: '0 0 1 * * *'\n" + DIAMOND.split("\n", 1)[1])
+    done = jetdag("validate", "early.yaml", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok: 1 workflow(s): early\n"
+    [warning] = done.stderr.splitlines()
+    assert warning.startswith("early.yaml:2:11: warning: '0 0 1 * * *' has 6 fields: jetdag reads the seconds first")
+    as_json = jetdag("validate", "--json", "early.yaml", cwd=tmp_path)
+    assert (as_json.returncode, as_json.stderr) == (0, "")
+    assert orjson.loads(as_json.stdout) == {"workflows": ["early"], "errors": [], "warnings": [warning]}
+
+
 def test_every_example_runs_in_up(tmp_path: Path) -> None:
     """`make run`'s promise: the examples of every format load and succeed (flaky on its third attempt)."""
     up = start_up(tmp_path, examples=True)
@@ -150,8 +164,38 @@ def test_every_example_runs_in_up(tmp_path: Path) -> None:
         for args in (("nightly", "--at", "2026-01-02"), ("ingest", "-p", "dir=/tmp"), ("diamond",), ("report",)):
             done = up.cli("submit", *args, "--wait")
             assert done.returncode == 0, done.stdout + done.stderr
+        # The trigger examples: a CSV dropped into ./.jetdag/inbox/, a message on orders.created.
+        inbox = tmp_path / ".jetdag" / "inbox"
+        inbox.mkdir(parents=True)
+        (inbox / "sales-2026-11-22.csv").write_text("a\nb\n")
+        asyncio.run(_publish(up.nats, "orders.created", b'{"id": 42}'))
+        views = {
+            workflow: eventually_sync(lambda w=workflow: _finished(up, w), timeout=20)
+            for workflow in ("inbox", "orders")
+        }  # type: ignore[misc]
+        assert views["inbox"]["status"] == views["orders"]["status"] == "succeeded", views
+        assert views["inbox"]["tasks"]["report"]["result"]["stdout"].startswith("sales-2026-11-22.csv of 2026-11-22: 2")
+        assert views["orders"]["tasks"]["take"]["result"]["stdout"] == "order 42 from orders.created\n"
     finally:
         stop_up(up, signal.SIGTERM)
+
+
+async def _publish(url: str, subject: str, data: bytes) -> None:
+    nc = await nats.connect(url)
+    try:
+        await nc.publish(subject, data)
+        await nc.flush()
+    finally:
+        await nc.close()
+
+
+def _finished(up: Up, workflow: str) -> dict[str, Any] | None:
+    """The workflow's one run once it has finished."""
+    runs = up.json("runs", "--workflow", workflow)
+    if len(runs) != 1:
+        return None
+    view: dict[str, Any] = up.json("status", runs[0]["run_id"])
+    return view if view["status"] in ("succeeded", "failed", "cancelled") else None
 
 
 def test_apply_reports_created_then_unchanged(applied: tuple[subprocess.CompletedProcess[str], ...]) -> None:

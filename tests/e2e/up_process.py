@@ -71,12 +71,13 @@ def healthy(http: str) -> bool:
         return False
 
 
-def start_up(root: Path, examples: bool = False) -> Up:
+def start_up(root: Path, examples: bool = False, *extra: str) -> Up:
     """`jetdag up` on `root`/data with a free HTTP port, once its endpoint is written and health answers 200."""
     data = root / "data"
     with (root / "up.log").open("ab") as log:
         proc = subprocess.Popen(
-            [JETDAG, "up", "--data", str(data), "--http", "127.0.0.1:0", *([] if examples else ["--no-examples"])],
+            [JETDAG, "up", "--data", str(data), "--http", "127.0.0.1:0", *([] if examples else ["--no-examples"]),
+             *extra],
             cwd=root, env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     up = Up(proc, root, data)

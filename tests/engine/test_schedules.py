@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from jetdag.engine.model import TaskSpec, Trigger, WorkflowSpec
-from jetdag.engine.schedules import ScheduleState, has_schedule, next_fire, next_fires, schedule_view
+from jetdag.engine.schedules import ScheduleState, TriggerState, has_schedule, next_fire, next_fires, schedule_view
 
 NOON_UTC = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
@@ -38,6 +38,9 @@ def test_a_schedule_that_is_off_has_no_next_fire() -> None:
 
 
 def test_the_state_survives_its_map() -> None:
-    state = ScheduleState(enabled=False, last_fire=1.5, changed_by="me", changed_at=2.0)
+    progress = TriggerState(tick=3.0, fired=1.5, runs=("R1", "R2"), buffered=4.0, skipped=2, last_skip="why", since=0.5)
+    state = ScheduleState(enabled=False, changed_by="me", changed_at=2.0, triggers={"cron": progress})
     assert ScheduleState.from_dict(state.to_dict()) == state
+    assert state.to_dict()["last_fire"] == state.last_fire == 1.5
     assert ScheduleState.from_dict({}) == ScheduleState()
+    assert ScheduleState().trigger("cron") == TriggerState()
