@@ -10,17 +10,19 @@ from litestar import Litestar, Request, Response
 from litestar.openapi import OpenAPIConfig
 
 from jetdag.engine.client import Client
-from jetdag.engine.errors import AuditError, AuditUnavailable, ControlError, NotFound
+from jetdag.engine.errors import AuditError, AuditUnavailable, BackfillTooLarge, ControlError, NotFound
+from jetdag.engine.firing import BackfillError
 from jetdag.engine.subjects import DEFAULT_PARTITIONS
 
 from .api.alerts import list_alerts
 from .api.audit import run_sql, run_summary, saved_queries, task_audit
+from .api.backfill import backfill_refused, start_backfill
 from .api.control import CONTROL, control_error
 from .api.dead_letters import list_dead_letters, requeue_dead_letter
 from .api.health import health
 from .api.metrics import metrics
 from .api.runs import get_run, list_runs, start_run
-from .api.schedules import get_schedule, toggle_schedule
+from .api.schedules import get_schedule, list_schedules, toggle_schedule
 from .api.stream import stream
 from .api.tasks import list_tasks
 from .api.workers import list_workers
@@ -28,6 +30,7 @@ from .api.workflows import apply_workflow, get_workflow, list_workflows
 from .csrf import CrossOriginProtection
 from .live import Hub
 from .pages import PAGES
+from .pages.workflows import workflow_backfill
 from .templating import static_files, template_config
 
 
@@ -72,6 +75,8 @@ def create_app(nats_url: str, *, partitions: int = DEFAULT_PARTITIONS) -> Litest
             list_workflows,
             get_workflow,
             apply_workflow,
+            start_backfill,
+            list_schedules,
             get_schedule,
             toggle_schedule,
             *CONTROL,
@@ -82,6 +87,7 @@ def create_app(nats_url: str, *, partitions: int = DEFAULT_PARTITIONS) -> Litest
             metrics,
             stream,
             *PAGES,
+            workflow_backfill,  # the workflow page's backfill form (its fragment); beside PAGES for now
             static_files(),
         ],
         template_config=template_config(),
@@ -92,6 +98,8 @@ def create_app(nats_url: str, *, partitions: int = DEFAULT_PARTITIONS) -> Litest
             NotFound: _not_found,
             AuditError: _audit_error,
             AuditUnavailable: _audit_error,
+            BackfillError: backfill_refused,
+            BackfillTooLarge: backfill_refused,
         },
         openapi_config=OpenAPIConfig(title="jetdag", version="1", path="/schema"),
     )

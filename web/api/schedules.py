@@ -1,7 +1,8 @@
 """Schedules: whether a workflow's triggers may start runs, and when its clock fires next.
 
-`POST /api/v1/schedules/{name}/toggle` switches it (optional body `{"enabled": bool}` sets it
-instead); 404 for an unknown workflow, 400 for one that nothing but people start.
+`GET /api/v1/schedules` lists every scheduled workflow's; `POST /api/v1/schedules/{name}/toggle` switches one
+(optional body `{"enabled": bool}` sets it instead); 404 for an unknown workflow, 400 for one that nothing but
+people start.
 """
 
 from __future__ import annotations
@@ -19,9 +20,18 @@ from jetdag.engine.errors import ControlError
 from .control import BY
 
 
+@get("/api/v1/schedules")
+async def list_schedules(state: State) -> list[dict[str, Any]]:
+    """Every workflow a trigger starts, by name, each as `GET /api/v1/schedules/{name}` shows it."""
+    client: Client = state.client
+    return await client.scheduled()
+
+
 @get("/api/v1/schedules/{name:str}")
 async def get_schedule(state: State, name: FromPath[str]) -> dict[str, Any]:
-    """`{workflow, scheduled, enabled, next_fire, last_fire, changed_by, changed_at}`; next_fire only while on."""
+    """`{workflow, scheduled, enabled, next_fire, last_fire, changed_by, changed_at, triggers}`; next_fire only
+    while on. Each trigger: `{key, kind, what, timezone, catchup, overlap, next_fire, last_fire, runs, buffered,
+    skipped, last_skip}`."""
     client: Client = state.client
     return await client.schedule(name)
 
