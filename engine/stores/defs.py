@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from jetdag.engine import subjects as S
@@ -22,13 +22,13 @@ class Applied(StrEnum):
 
 
 class DefStore:
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
+    def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
+        self.kv, self.js = kv, js
         self._cache: dict[tuple[str, int], WorkflowSpec] = {}
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> DefStore:
-        return cls(await js.key_value(S.DEFS_KV))
+        return cls(await js.key_value(S.DEFS_KV), js)
 
     async def apply(self, spec: WorkflowSpec) -> tuple[Applied, int]:
         """Store `spec` as the newest version unless it equals the current one.
@@ -63,8 +63,13 @@ class DefStore:
         self._cache[(name, rev)] = spec
         return spec, rev
 
+    def remember(self, name: str, revision: int, spec: WorkflowSpec) -> None:
+        """A version read elsewhere (the engine's catalog watches them all): its runs need not read it again."""
+        self._cache[(name, revision)] = spec
+
     async def names(self) -> list[str]:
-        try:
-            return sorted(await self.kv.keys())
-        except NoKeysError:
-            return []
+        """Every workflow's name (one deleted may be among them: `get` says NotFound for it). Read from the
+        bucket's subject index: `kv.keys()` leaves a consumer behind per call (engine/stores/keys.py)."""
+        info = await self.js.stream_info(f"KV_{S.DEFS_KV}", subjects_filter=f"$KV.{S.DEFS_KV}.>")
+        prefix = len(f"$KV.{S.DEFS_KV}.")
+        return sorted(subject[prefix:] for subject in info.state.subjects or {})

@@ -12,13 +12,14 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from jetdag.engine import subjects as S
 from jetdag.engine.errors import StaleOwner
 from jetdag.engine.nats.publisher import WRONG_LAST_SEQUENCE, Publisher, PublishRefused, acked
 from jetdag.engine.stores import packing
+from jetdag.engine.stores.keys import keys
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,7 @@ class RunStore:
 
     async def ids(self) -> list[str]:
         """Every run id, oldest first (run ids sort by creation time)."""
-        for attempt in range(5):
-            try:
-                return sorted(await self.kv.keys())
-            except NoKeysError:
-                # nats-py's keys() can report no keys when its end-of-keys marker races the first
-                # delivery; runs are never deleted, so a bucket holding messages holds keys: ask again.
-                if attempt == 4 or (await self.kv.status()).values == 0:
-                    break
-        return []
+        return sorted(await keys(self.publisher.nc, S.RUNS_KV))
 
     async def watch(self, run_id: str, recheck: float = 2.0) -> AsyncIterator[dict[str, Any]]:
         """The current snapshot (once it exists) and then each new one.

@@ -177,7 +177,7 @@ async def test_large_definitions_and_snapshots_go_through_the_stores(nats_url: s
         assert (await defs.apply(spec))[0] is Applied.CREATED
         assert (await defs.kv.get("big")).value[:1] == packing.MARKER
         assert (await defs.apply(spec))[0] is Applied.UNCHANGED
-        assert (await DefStore(defs.kv).get("big"))[0] == spec
+        assert (await DefStore(defs.kv, js).get("big"))[0] == spec
 
         state = new_run("R1", "big", 1, spec, {}, 1.0)
         revision = await runs.save("R1", state.stored(), 0)

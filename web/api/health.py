@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from litestar import Response, get
 from litestar.datastructures import State
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyNotFoundError
 
 from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
+from jetdag.engine.stores.keys import keys
 
 
 async def _keys(client: Client, bucket: str) -> list[str]:
-    try:
-        return list(await (await client.js.key_value(bucket)).keys())
-    except NoKeysError:
-        return []
+    """The keys of `bucket` that hold a value now (a load balancer asks often: no consumer left behind per call)."""
+    kv = await client.js.key_value(bucket)
+    live = []
+    for key in await keys(client.nc, bucket):
+        with contextlib.suppress(KeyNotFoundError):
+            if (await kv.get(key)).value:
+                live.append(key)
+    return live
 
 
 @get("/api/v1/health")
