@@ -12,7 +12,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
+from collections.abc import Callable
 
+import msgpack
+from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from jetdag.engine import subjects as S
@@ -27,8 +31,19 @@ log = logging.getLogger(__name__)
 
 
 class Catalog:
-    def __init__(self, ctx: EngineContext, schedules: ScheduleStore) -> None:
-        self.ctx, self.schedules = ctx, schedules
+    def __init__(
+        self,
+        ctx: EngineContext,
+        schedules: ScheduleStore,
+        prime: Callable[[str, int, WorkflowSpec], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ctx, self.schedules, self.clock = ctx, schedules, clock
+        self.touched: dict[int, float] = {}
+        """Partition -> when (by `clock`) another engine last wrote the schedule state of one of its workflows: an
+        owner at work, whom its backups leave to it (actors/scheduler.py)."""
+        self._prime = prime or ctx.defs.remember
+        """Handed every definition read (the engine's cache, so its runs need not read them again)."""
         self.specs: dict[str, tuple[WorkflowSpec, int]] = {}
         """Workflow -> (its newest spec, that version), for workflows with a trigger."""
         self.applied: dict[str, float] = {}
@@ -53,6 +68,10 @@ class Catalog:
     def state(self, workflow: str) -> tuple[ScheduleState, int]:
         return self.states.get(workflow) or (ScheduleState(), 0)
 
+    def _revision(self, workflow: str) -> int:
+        found = self.states.get(workflow)
+        return found[1] if found else 0
+
     def note(self, workflow: str, state: ScheduleState, revision: int) -> None:
         """A state this engine just wrote (or read): kept unless the watch already brought a newer one."""
         if revision > self.state(workflow)[1]:
@@ -66,7 +85,21 @@ class Catalog:
 
     async def run(self) -> None:
         defs = await self.ctx.js.key_value(S.DEFS_KV)
-        await asyncio.gather(self._watch_defs(defs), self._watch_states())
+        firing = await self.ctx.nc.subscribe(S.FIRING, cb=self._on_firing)
+        try:
+            await asyncio.gather(self._watch_defs(defs), self._watch_states())
+        finally:
+            with contextlib.suppress(Exception):
+                await firing.unsubscribe()
+
+    async def _on_firing(self, msg: Msg) -> None:
+        """Another engine starts firing a tick of its partitions: they are touched (at work) from now."""
+        with contextlib.suppress(Exception):
+            body = msgpack.unpackb(msg.data, raw=False)
+            if body.get("engine") != self.ctx.engine_id:
+                now = self.clock()
+                for partition in body.get("partitions", ()):
+                    self.touched[int(partition)] = now
 
     async def _watch_defs(self, kv: KeyValue) -> None:
         watcher = await kv.watchall()
@@ -95,6 +128,8 @@ class Catalog:
                 log.warning(
                     "%s/%s@%d: cannot read it (%s); its triggers are ignored", S.DEFS_KV, workflow, revision, exc
                 )
+        if spec is not None:
+            self._prime(workflow, revision, spec)
         if spec is not None and has_schedule(spec):
             self.specs[workflow] = (spec, revision)
         elif self.specs.pop(workflow, None) is None:
@@ -103,8 +138,10 @@ class Catalog:
             queue.put_nowait(workflow)
 
     async def _watch_states(self) -> None:
-        async for workflow, state, revision in self.schedules.watch(on_caught_up=lambda: self._mark("states")):
-            self.note(workflow, state, revision)
+        known = self._revision
+        async for workflow, state, revision in self.schedules.watch(lambda: self._mark("states"), known):
+            self.note(workflow, state, revision)  # not this engine's own write: that one is known already
+            self.touched[S.partition_of(workflow, self.ctx.partitions)] = self.clock()
 
     def _mark(self, which: str) -> None:
         self._loaded.add(which)

@@ -15,25 +15,21 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import Callable
 
 from jetdag.engine import subjects as S
 from jetdag.engine.balance import share
 from jetdag.engine.errors import StaleOwner
 from jetdag.engine.nats.setup import farewell
-from jetdag.engine.stores.files import FileStore
 from jetdag.engine.stores.leases import LeaseStore
-from jetdag.engine.stores.schedules import ScheduleStore
 
-from .catalog import Catalog
 from .context import EngineContext
-from .filewatch import FileWatcher
 from .inbox import Inbox
-from .listener import Listener
 from .partition import PartitionOwner
 from .reaper import Reaper
-from .scheduler import Scheduler
 from .supervisor import Supervisor
+from .triggers import Triggers
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +38,19 @@ class Engine:
     def __init__(
         self,
         ctx: EngineContext,
+        url: str,
         *,
         lease_ttl: float = 6.0,
         replicas: int = 1,
         clock: Callable[[], float] = time.time,
         file_settle: float = 1.0,
     ) -> None:
-        self.ctx, self.lease_ttl, self.replicas, self.clock = ctx, lease_ttl, replicas, clock
+        self.ctx, self.url, self.lease_ttl, self.replicas, self.clock = ctx, url, lease_ttl, replicas, clock
         self.file_settle = file_settle
-        self.scheduler: Scheduler | None = None
         self.supervisor = Supervisor("engine")
         self.held: dict[int, int] = {}  # partition -> lease revision (the fencing token)
+        self.roster: tuple[str, ...] = ()
+        """The live engines, as the last look at `jd_leases` found them."""
         self._renewed: dict[int, float] = {}
         self.reaper = Reaper(ctx.nc, ctx.js, ctx.engine_id)
         self.ready = asyncio.Event()
@@ -63,35 +61,37 @@ class Engine:
         self.supervisor.start("inbox", Inbox(self.ctx).run, permanent=True)
         # Every engine reaps dead workers; reaping twice is harmless (see reaper.py).
         self.supervisor.start("reaper", self.reaper.run, permanent=True)
-        await self._start_triggers()
+        triggers = self._start_triggers()
         try:
             while True:
                 await self._tend(leases)
                 self.ready.set()
                 await asyncio.sleep(self.lease_ttl / 3)
         finally:
+            await triggers.stop()
             await self.supervisor.stop()
             held, self.held = self.held, {}
             # Hand the partitions over at once instead of after the TTL.
             releases = [leases.release(S.lease_key(p), revision) for p, revision in held.items()]
             await farewell(*releases, leases.withdraw(self.ctx.engine_id))
 
-    def owns(self, workflow: str) -> bool:
-        """Whether this engine fires the workflow's triggers first: it owns the workflow's partition."""
-        return S.partition_of(workflow, self.ctx.partitions) in self.held
+    def rank(self, workflow: str) -> int:
+        """Who fires the workflow's triggers: 0, this engine owns the workflow's partition and fires them on time;
+        n > 0, it backs the owner up, n-th in an order of the live engines drawn per partition (so the backups of
+        one partition do not all step in at once). Read from the triggers' thread."""
+        partition = S.partition_of(workflow, self.ctx.partitions)
+        if partition in self.held:
+            return 0
+        order = sorted(self.roster, key=lambda engine: zlib.crc32(f"{partition}:{engine}".encode()))
+        return 1 + (order.index(self.ctx.engine_id) if self.ctx.engine_id in order else len(order))
 
-    async def _start_triggers(self) -> None:
-        """Triggers run on every engine: each fires what its partitions own and backs the others up."""
-        schedules = await ScheduleStore.open(self.ctx.js)
-        catalog = Catalog(self.ctx, schedules)
-        self.scheduler = Scheduler(self.ctx, catalog, schedules, self.owns, self.clock)
-        files = FileWatcher(self.ctx, catalog, self.scheduler, await FileStore.open(self.ctx.js), self.owns,
-                            settle=self.file_settle)  # fmt: skip
-        listener = Listener(self.ctx, catalog, self.scheduler, self.replicas)
-        # The catalog's watches come first: the others wait for it to be ready, and restart with it.
-        for name, body in (("catalog", catalog.run), ("scheduler", self.scheduler.run),
-                           ("files", files.run), ("listener", listener.run)):  # fmt: skip
-            self.supervisor.start(name, body, permanent=True)
+    def _start_triggers(self) -> Triggers:
+        """Triggers run on every engine (each fires what its partitions own and backs the others up), on a thread of
+        their own (actors/triggers.py)."""
+        triggers = Triggers(self.url, self.ctx, self.rank, replicas=self.replicas, clock=self.clock,
+                            file_settle=self.file_settle)  # fmt: skip
+        triggers.start()
+        return triggers
 
     async def _tend(self, leases: LeaseStore) -> None:
         me = self.ctx.engine_id
@@ -99,7 +99,9 @@ class Engine:
         target = len(self.held)  # when the roster cannot be read: keep what is held, take nothing new
         try:
             await leases.announce(me)
-            target = share(self.ctx.partitions, await leases.engines(), me)
+            engines = await leases.engines()
+            self.roster = tuple(sorted(engines))
+            target = share(self.ctx.partitions, engines, me)
         except Exception as exc:
             log.warning("engine roster in %s: %s", S.LEASES_KV, exc)
         for p in range(self.ctx.partitions):

@@ -79,15 +79,16 @@ class FileWatcher:
         catalog: Catalog,
         scheduler: Scheduler,
         files: FileStore,
-        owns: Callable[[str], bool],
+        rank: Callable[[str], int],
         *,
         settle: float = 1.0,
         rescan: float = 30.0,
     ) -> None:
-        self.ctx, self.catalog, self.scheduler, self.files, self.owns = ctx, catalog, scheduler, files, owns
+        self.ctx, self.catalog, self.scheduler, self.files, self.rank = ctx, catalog, scheduler, files, rank
         self.settle, self.rescan = settle, rescan
         self.host = socket.gethostname()
         self.watches: list[Watch] = []
+        self._by_workflow: dict[str, list[Watch]] = {}
         self.records: dict[str, tuple[SeenFile | None, int]] = {}
         """`jd_files` as watched: key -> (record, revision)."""
         self.pending: dict[str, Pending] = {}
@@ -107,16 +108,16 @@ class FileWatcher:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._watch_records())
             await self._records_ready.wait()
-            await self._refresh()
+            await self._refresh(set(self.catalog.specs))
             group.create_task(self._notify())
             group.create_task(self._settle_loop())
             group.create_task(self._roots_loop())
             while True:
                 try:
-                    await asyncio.wait_for(changes.get(), timeout=self.rescan)
+                    changed = {await asyncio.wait_for(changes.get(), timeout=self.rescan)}
                     while not changes.empty():
-                        changes.get_nowait()
-                    await self._refresh()
+                        changed.add(changes.get_nowait())
+                    await self._refresh(changed)
                 except TimeoutError:
                     await self._scan()
 
@@ -124,11 +125,14 @@ class FileWatcher:
         async for key, record, revision in self.files.watch(on_caught_up=self._records_ready.set):
             self.records[key] = (record, revision)
 
-    async def _refresh(self) -> None:
-        """The file triggers of the catalog's workflows, their first-applied times recorded; then a full scan."""
-        watches: list[Watch] = []
-        for workflow, (spec, _) in sorted(self.catalog.specs.items()):
-            for trigger in spec.triggers:
+    async def _refresh(self, workflows: set[str]) -> None:
+        """The file triggers of these workflows as their newest versions have them, first-applied times recorded;
+        then a full scan, if any of them watches files. (Applying 10,000 workflows without files costs nothing.)"""
+        before = {w for w in workflows if w in self._by_workflow}
+        for workflow in workflows:
+            self._by_workflow.pop(workflow, None)
+            found = self.catalog.specs.get(workflow)
+            for trigger in found[0].triggers if found else ():
                 if not trigger.files:
                     continue
                 key = trigger.key("files")
@@ -137,11 +141,13 @@ class FileWatcher:
                 except ValueError as exc:
                     log.warning("workflow %s: file trigger %s cannot watch: %s", workflow, trigger.files, exc)
                     continue
-                since = await self._since(workflow, key)
-                watches.append(Watch(workflow, key, trigger, globs, since))
+                watch = Watch(workflow, key, trigger, globs, await self._since(workflow, key))
+                self._by_workflow.setdefault(workflow, []).append(watch)
+        if not before and not any(w in self._by_workflow for w in workflows):
+            return
         roots = {g.root for w in self.watches for g in w.globs}
-        self.watches = watches
-        if {g.root for w in watches for g in w.globs} != roots:
+        self.watches = [w for ws in self._by_workflow.values() for w in ws]
+        if {g.root for w in self.watches for g in w.globs} != roots:
             self._roots_changed.set()
         await self._scan()
 
@@ -178,6 +184,7 @@ class FileWatcher:
                 async for changes in watchfiles.awatch(
                     *roots, watch_filter=None, debounce=400, step=50, stop_event=self._roots_changed,
                     force_polling=force_polling, poll_delay_ms=500, recursive=True, ignore_permission_denied=True,
+                    rust_timeout=500,  # the watching thread returns this often: a stop waits for it, at most that
                 ):  # fmt: skip
                     for change, path in changes:
                         if change is watchfiles.Change.deleted:
@@ -267,7 +274,8 @@ class FileWatcher:
                 if (st.st_size, st.st_mtime) != (known.size, known.mtime):
                     self.pending[path] = Pending(st.st_size, st.st_mtime, st.st_ctime, now)
                     continue
-                wait = self.settle + (0.0 if all(self.owns(w.workflow) for w in self._matches(path)) else BACKUP_DELAY)
+                owner = all(self.rank(w.workflow) == 0 for w in self._matches(path))
+                wait = self.settle + (0.0 if owner else BACKUP_DELAY)
                 if now - known.still_since >= wait:
                     del self.pending[path]
                     ready.append((path, known))

@@ -1,9 +1,11 @@
 """Scheduler: fires the cron triggers of every workflow, each tick once, on any number of engines.
 
-Each clock trigger is an entry in a heap ordered by its next tick. The engine that owns the partition of the
-workflow (`partition_of(workflow)`) fires its ticks on time; every other engine is its backup and fires a
-tick only if, `BACKUP_DELAY` after it, the schedule's state (watched in `jd_schedules`) shows no fire of it:
-a killed owner's ticks are late by about half a second, not by the lease TTL.
+Each clock trigger is an entry in a heap ordered by its next tick, on every engine. The engine that owns the
+partition of the workflow (`partition_of(workflow)`) fires its ticks on time, and says so (`jd.sched.firing`);
+every other engine is a backup (`rank` 1, 2, …) and fires a tick only if, `BACKUP_DELAY` after it (a
+`BACKUP_STEP` more per rank), the schedule's state (watched in `jd_schedules`) shows no fire of it and the
+partition has gone quiet (no engine announced or recorded firing it within `BACKUP_QUIET`): a slow owner is
+left to it, and a killed owner's ticks are late by about half a second, not by the lease TTL.
 
 A fire publishes the runs' submissions first, then records the tick in `jd_schedules` with compare-and-set.
 Run ids are derived from (workflow, trigger, tick, batch item) (engine/firing.py), so two engines firing one
@@ -16,24 +18,26 @@ tick does while the previous run of its schedule still goes, are decided from th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from jetdag.engine import subjects as S
 from jetdag.engine.cron import Cron
 from jetdag.engine.errors import StaleOwner
 from jetdag.engine.events import RunCancel, RunSubmitted
 from jetdag.engine.firing import Firing, iso, submissions
-from jetdag.engine.messages import MSG_ID, command_id, encode_event
+from jetdag.engine.messages import MSG_ID, command_id, encode_event, pack
 from jetdag.engine.model import Overlap, Trigger, WorkflowSpec
 from jetdag.engine.nats.publisher import acked
-from jetdag.engine.schedules import TriggerState
+from jetdag.engine.schedules import ScheduleState, TriggerState
 from jetdag.engine.state import RUN_DONE
 from jetdag.engine.stores.schedules import ScheduleStore
 from jetdag.engine.ticks import Plan, grace, plan
@@ -46,14 +50,45 @@ log = logging.getLogger(__name__)
 BACKUP_DELAY = 0.5
 """Seconds after a tick before an engine that does not own the workflow's partition fires it, if nobody has."""
 
+BACKUP_STEP = 0.25
+"""Seconds more for each backup after the first, and between looks while the owner is at work."""
+
+BACKUP_QUIET = 5.0
+"""Seconds without a sign of the engine firing a partition (an announcement, a state written) after which its
+backups take it for dead. Generous: an owner that announced a tick and died before recording it is rare, and
+on a loaded machine the records of 10,000 fires follow the announcement by seconds."""
+
+BACKUP_PATIENCE = 30.0
+"""Seconds after a tick that backups leave it to an engine seen at work; then they fire it whatever they see."""
+
+
+def _delay(rank: int) -> float:
+    return 0.0 if rank == 0 else BACKUP_DELAY + (rank - 1) * BACKUP_STEP
+
+
 BUFFER_CHECK = 1.0
 """Seconds between looks at a tick held by `overlap: buffer_one`, whose previous run may have ended."""
 
-CHUNK = 200
-"""Fires started before the scheduler lets the connection send what they published."""
-
 _TRIES = 5
 """Compare-and-set attempts per fire before it is left to the next look (another engine keeps writing)."""
+
+
+class Ticks:
+    """A cron's ticks, remembered: the entries that share an expression and zone ask for the same ticks (10,000
+    schedules of `* * * * *` all want the minute after this one), and one croniter step costs more than the
+    rest of a fire."""
+
+    def __init__(self, cron: Cron) -> None:
+        self.cron = cron
+        self._after: dict[float, float] = {}
+
+    def next(self, after: float) -> float:
+        tick = self._after.get(after)
+        if tick is None:
+            if len(self._after) >= 256:
+                self._after.clear()
+            tick = self._after[after] = self.cron.next(after)
+        return tick
 
 
 @dataclass(slots=True)
@@ -63,18 +98,33 @@ class Entry:
     workflow: str
     key: str
     trigger: Trigger
-    cron: Cron
+    ticks: Ticks
     generation: int
     """The catalog version of the workflow it was made from: a newer version makes older entries stale."""
     at: float = 0.0
-    """When to look at it next."""
-    memo: tuple[float, float] = (math.nan, math.nan)
-    """The last (tick, the tick after it) computed: each fire needs the tick after the one before, twice."""
+    """When to look at it next: its next tick, on every engine (who fires it is decided then, as partitions move
+    between engines), or later while it is another engine's to fire."""
+
+    @property
+    def cron(self) -> Cron:
+        return self.ticks.cron
 
     def next(self, after: float) -> float:
-        if self.memo[0] != after:
-            self.memo = (after, self.cron.next(after))
-        return self.memo[1]
+        return self.ticks.next(after)
+
+
+@dataclass(slots=True)
+class Quick:
+    """A fire of the usual case: the runs of one tick, and the state that records it."""
+
+    entry: Entry
+    state: ScheduleState
+    revision: int
+    runs: list[RunSubmitted]
+    due: float
+    following: float
+    """The tick after the one fired."""
+    acks: list[asyncio.Future[int]] = field(default_factory=list)
 
 
 class Scheduler:
@@ -83,14 +133,16 @@ class Scheduler:
         ctx: EngineContext,
         catalog: Catalog,
         schedules: ScheduleStore,
-        owns: Callable[[str], bool],
+        rank: Callable[[str], int],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.ctx, self.catalog, self.schedules, self.owns, self.clock = ctx, catalog, schedules, owns, clock
+        self.ctx, self.catalog, self.schedules, self.rank, self.clock = ctx, catalog, schedules, rank, clock
         self._heap: list[tuple[float, int, Entry]] = []
         self._order = itertools.count()
         self._generation: dict[str, int] = {}
-        self._wake = asyncio.Event()
+        self._crons: dict[tuple[str, str | None], Ticks] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._pushed = asyncio.Event()
 
     async def run(self) -> None:
         changes = self.catalog.subscribe()
@@ -106,24 +158,116 @@ class Scheduler:
                     await self._look_all(due)
                     continue
                 delay = self._heap[0][0] - self.clock() if self._heap else None
-                waiting = asyncio.ensure_future(changes.get())
+                self._pushed.clear()
+                waiting, pushed = asyncio.ensure_future(changes.get()), asyncio.ensure_future(self._pushed.wait())
                 try:
-                    done, _ = await asyncio.wait([waiting], timeout=None if delay is None else max(0.0, delay))
+                    await asyncio.wait(
+                        [waiting, pushed], timeout=None if delay is None else max(0.0, delay),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )  # fmt: skip
                 finally:
                     waiting.cancel()
-                if done:
+                    pushed.cancel()
+                if waiting.done() and not waiting.cancelled():
                     self._load(waiting.result())
         finally:
             self.catalog.unsubscribe(changes)
+            for task in list(self._tasks):
+                task.cancel()
 
     async def _look_all(self, due: list[Entry]) -> None:
-        """Look at the due entries together, started a chunk at a time with a pause between: the connection's
-        flusher then sends each chunk's submissions while the next is built, instead of after all 10,000."""
-        looks = []
-        for start in range(0, len(due), CHUNK):
-            looks += [asyncio.ensure_future(self._look(entry)) for entry in due[start : start + CHUNK]]
-            await asyncio.sleep(0)
-        await asyncio.gather(*looks)
+        """Look at the due entries. The usual case (one tick on time, overlap allowed, nothing buffered) is fired in
+        one pass that builds and sends every submission before anything else runs (10,000 in 0.2 s); the ticks
+        are then recorded together. Everything else, and whatever that pass could not send, goes the careful
+        way (`_look`). A task per schedule, or a pause now and then to let the connection send, let the engine
+        start on the first runs in between, and the last of 10,000 fires went out two seconds late."""
+        now, quick, careful, busy = self.clock(), [], [], set()
+        for entry in due:
+            fire = self._quick(entry, now) if entry.workflow not in busy else None
+            if fire is None:
+                careful.append(entry)
+            elif isinstance(fire, float):
+                self._push(entry, fire)  # another engine's to fire, for now
+            else:
+                busy.add(entry.workflow)  # a second trigger of it due now: its state is about to change
+                quick.append(fire)
+        await self._announce(quick)
+        sent, began = [], time.monotonic()
+        for fire in quick:  # never suspends (a publish only fills the connection's buffer): nothing runs in between
+            try:
+                fire.acks = [await self._send(event) for event in fire.runs]
+                sent.append(fire)
+            except Exception as exc:
+                log.warning("schedule %s/%s: %s; trying again", fire.entry.workflow, fire.entry.key, exc)
+                careful.append(fire.entry)
+        if sent:
+            late, took = now - min(f.due for f in sent), time.monotonic() - began
+            log.debug("fired %d schedules %.3f s after their tick, in %.3f s", len(sent), late, took)
+        # Recorded in the background: 10,000 records take the loop a second or two, and the next second's ticks
+        # must not wait for them (each entry goes back on the heap once its record is done).
+        self._background(asyncio.gather(*(self._record(f) for f in sent), *(self._look(e, now) for e in careful)))
+
+    async def _announce(self, quick: list[Quick]) -> None:
+        """Tell the other engines which partitions this engine fires a tick of now, as their owner or as the backup
+        that steps in (see BACKUP_PATIENCE): the others then leave them to it."""
+        mine = {S.partition_of(f.entry.workflow, self.ctx.partitions) for f in quick}
+        if mine:
+            body = {"v": 1, "engine": self.ctx.engine_id, "tick": min(f.due for f in quick), "partitions": sorted(mine)}
+            with contextlib.suppress(Exception):  # only spares the backups some work
+                await self.ctx.nc.publish(S.FIRING, pack(body))
+
+    def _background(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _quick(self, entry: Entry, now: float) -> Quick | float | None:
+        """The fire of the usual case, built (not sent); when to look again if it is another engine's to fire for
+        now; None when it is not the usual case."""
+        found = self.catalog.specs.get(entry.workflow)
+        state, revision = self.catalog.state(entry.workflow)
+        progress = state.trigger(entry.key)
+        trigger = entry.trigger
+        if found is None or not state.enabled or progress.tick is None or progress.buffered is not None:
+            return None
+        if trigger.overlap is not Overlap.ALLOW and progress.runs:
+            return None
+        cursor = max(progress.tick, state.changed_at or progress.tick)
+        due = entry.next(cursor)
+        after = entry.next(due)
+        if not due <= now < after or now - due > grace(after - due):
+            return None
+        wait = self._backing_up(entry, due, now)
+        if wait is not None:
+            return wait
+        spec, version = found
+        runs = submissions(spec, version, Firing(trigger, entry.key, due, due), time.time(), read=_read_file)
+        new = replace(progress, tick=due, fired=due, runs=tuple(r.run_id for r in runs))
+        return Quick(entry, state.with_trigger(entry.key, new), revision, runs, due, after)
+
+    async def _send(self, event: RunSubmitted) -> asyncio.Future[int]:
+        subject = S.event_subject(S.partition_of(event.run_id, self.ctx.partitions), event.run_id)
+        return await self.ctx.publisher.publish(subject, encode_event(event), {MSG_ID: S.submission_id(event.run_id)})
+
+    async def _record(self, fire: Quick) -> None:
+        """Once its submissions are stored, record the tick (compare-and-set); put the entry back at its next tick."""
+        entry = fire.entry
+        try:
+            await acked(fire.acks)
+            revision = await self.schedules.write(self.ctx.publisher, entry.workflow, fire.state, fire.revision)
+        except StaleOwner:  # another engine recorded something first: look again from what it wrote
+            await self.catalog.refresh(entry.workflow)
+            await self._look(entry)
+            return
+        except Exception as exc:  # NATS trouble: the same tick fires again shortly, under the same run ids
+            log.warning("schedule %s/%s: %s; trying again in 1 s", entry.workflow, entry.key, exc)
+            if self._generation.get(entry.workflow) == entry.generation:
+                self._push(entry, self.clock() + 1.0)
+            return
+        self.catalog.note(entry.workflow, fire.state, revision)
+        self.ctx.counters.fired += len(fire.runs)
+        if self._generation.get(entry.workflow) == entry.generation:
+            self._push(entry, fire.following)
 
     def _load(self, workflow: str) -> None:
         """(Re)make the entries of a workflow's clock triggers from its newest version; older ones go stale."""
@@ -137,17 +281,27 @@ class Scheduler:
             if not trigger.cron:
                 continue
             try:
-                cron = Cron(trigger.cron, trigger.timezone)
-                cron.next(now)
+                ticks = self._ticks(trigger.cron, trigger.timezone, now)
             except ValueError as exc:  # validated when applied; an engine of another version may read it otherwise
                 log.warning("workflow %s: cron %r cannot be used: %s", workflow, trigger.cron, exc)
                 continue
-            entry = Entry(workflow, trigger.key("cron"), trigger, cron, generation)
+            entry = Entry(workflow, trigger.key("cron"), trigger, ticks, generation)
             self._push(entry, now)  # looked at now: it finds its place from its stored progress
+
+    def _ticks(self, expr: str, timezone: str | None, now: float) -> Ticks:
+        """One Ticks per expression and zone, shared by the entries that have it."""
+        key = (expr, timezone)
+        ticks = self._crons.get(key)
+        if ticks is None:
+            ticks = Ticks(Cron(expr, timezone))
+            ticks.next(now)  # ValueError for one that never fires
+            self._crons[key] = ticks
+        return ticks
 
     def _push(self, entry: Entry, at: float) -> None:
         entry.at = at
         heapq.heappush(self._heap, (at, next(self._order), entry))
+        self._pushed.set()  # the loop may be asleep until a later time, or with nothing to wait for
 
     def _due(self) -> list[Entry]:
         """Pop the entries whose time has come (dropping stale ones); a backup's entry waits its delay."""
@@ -159,9 +313,11 @@ class Scheduler:
             out.append(entry)
         return out
 
-    async def _look(self, entry: Entry) -> None:
-        """Fire what is due of one trigger, then put it back at its next tick (or its backup time)."""
-        now = self.clock()
+    async def _look(self, entry: Entry, now: float | None = None) -> None:
+        """Fire what is due of one trigger as of `now` (default: the clock), then put it back at its next tick (or
+        its backup time). Entries looked at together share `now`: a trigger first seen starts counting from it, and
+        the ticks after one `now` are computed once for all of them (Ticks)."""
+        now = self.clock() if now is None else now
         try:
             following = await self._fire_due(entry, now)
         except Exception as exc:  # NATS trouble: look again shortly; the ids make a repeated fire harmless
@@ -180,16 +336,17 @@ class Scheduler:
             state, revision = self.catalog.state(entry.workflow)
             progress = state.trigger(entry.key)
             if not state.enabled:
-                return self._when(entry, entry.next(now))  # off: nothing fires (see changed_at once on)
+                return entry.next(now)  # off: nothing fires (see changed_at once on)
             cursor = progress.tick
             if cursor is not None and state.changed_at is not None:
                 cursor = max(cursor, state.changed_at)  # switched on since: the ticks while off are passed over
             if cursor is not None and progress.buffered is None:
                 upcoming = entry.next(cursor)
                 if upcoming > now:
-                    return self._when(entry, upcoming)
-                if not self.owns(entry.workflow) and now < upcoming + BACKUP_DELAY:
-                    return upcoming + BACKUP_DELAY  # the owner's to fire; ours only if it has not by then
+                    return upcoming
+                wait = self._backing_up(entry, upcoming, now)
+                if wait is not None:
+                    return wait  # the owner's to fire; ours only if it has not by then
             new, started = await self._advance(entry, spec, version, progress, cursor, now)
             if new != progress:
                 changed = state.with_trigger(entry.key, new)
@@ -203,11 +360,25 @@ class Scheduler:
             following = entry.next(new.tick if new.tick is not None else now)
             if new.buffered is not None:
                 following = min(following, now + BUFFER_CHECK)
-            return self._when(entry, following)
+            return following
         return now + 1.0
 
-    def _when(self, entry: Entry, tick: float) -> float:
-        return tick if self.owns(entry.workflow) else tick + BACKUP_DELAY
+    def _backing_up(self, entry: Entry, due: float, now: float) -> float | None:
+        """When to look again if the tick `due` is still another engine's to fire; None when this one fires it.
+
+        The owner fires at once. A backup waits its delay, then for as long as the partition shows signs of life
+        since the tick (another engine announced firing it, or wrote a schedule state of it, within the last
+        BACKUP_QUIET seconds) up to BACKUP_PATIENCE: a slow owner is left to it, a dead one goes quiet."""
+        rank = self.rank(entry.workflow)
+        if rank == 0:
+            return None
+        if now < due + _delay(rank):
+            return due + _delay(rank)
+        partition = S.partition_of(entry.workflow, self.ctx.partitions)
+        heard = self.catalog.touched.get(partition, -math.inf)
+        if heard >= due and now - heard < BACKUP_QUIET and now < due + BACKUP_PATIENCE:
+            return now + BACKUP_STEP
+        return None
 
     async def _advance(
         self, entry: Entry, spec: WorkflowSpec, version: int, progress: TriggerState, cursor: float | None, now: float
@@ -271,12 +442,7 @@ class Scheduler:
 
     async def publish(self, runs: list[RunSubmitted]) -> None:
         """The submissions, into their runs' partitions, acknowledged together."""
-        futures = []
-        for event in runs:
-            subject = S.event_subject(S.partition_of(event.run_id, self.ctx.partitions), event.run_id)
-            headers = {MSG_ID: S.submission_id(event.run_id)}
-            futures.append(await self.ctx.publisher.publish(subject, encode_event(event), headers))
-        await acked(futures)
+        await acked([await self._send(event) for event in runs])
 
     async def _overlap(self, policy: Overlap, progress: TriggerState) -> str:
         """ "fire", "skip", "buffer" or "cancel": what a tick does given the runs the previous one started."""

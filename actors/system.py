@@ -84,7 +84,7 @@ class System:
                 idle_timeout=self.idle_timeout,
             )  # fmt: skip
             self.engine = Engine(
-                ctx, lease_ttl=self.topology.lease_ttl, replicas=self.topology.replicas, clock=self.clock,
+                ctx, self.url, lease_ttl=self.topology.lease_ttl, replicas=self.topology.replicas, clock=self.clock,
                 file_settle=self.file_settle,
             )  # fmt: skip
             self._spawn(self.engine.run(), "engine")

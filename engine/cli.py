@@ -721,6 +721,8 @@ BENCH_WORKLOADS = {
     "sse": "sse.py",
     "tasks-page": "tasks_page.py",
     "ceiling": "ceiling.py",
+    "scheduler": "scheduler.py",
+    "filestorm": "filestorm.py",
     "plot": "plot.py",
     "compare": "compare.py",
 }

@@ -33,7 +33,9 @@ def definition_files(directory: Path) -> list[Path]:
 async def follow(directory: Path, apply: Apply, say: Callable[[str], None]) -> None:
     """Until cancelled: apply each definition file of `directory` again when it is written (or a new one
     appears), telling `say` what happened. Errors in one file never stop the others."""
-    async for changes in watchfiles.awatch(directory, recursive=False, debounce=300, watch_filter=None):
+    # rust_timeout: the watching thread returns this often, and a Ctrl-C of `up` waits for it (5 s by default).
+    changes_of = watchfiles.awatch(directory, recursive=False, debounce=300, watch_filter=None, rust_timeout=500)
+    async for changes in changes_of:
         touched = sorted({Path(path) for _, path in changes if Path(path).suffix in KINDS})
         for path in touched:
             if not path.exists():

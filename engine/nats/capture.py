@@ -53,7 +53,13 @@ async def capture(js: JetStreamContext, workflow: str, subject: str, replicas: i
         max_deliver=-1,
         max_ack_pending=1_000,
     )
-    await js.add_consumer(stream, config=config)
+    try:
+        await js.add_consumer(stream, config=config)
+    except APIError as exc:  # a work-queue stream of yours refuses a second reader of the subject, say
+        raise ConfigError(
+            f"on_message {subject!r}: stream {stream}, which holds the subject, refuses jetdag's consumer "
+            f"{name} ({exc.description or exc}); listen on a subject that stream does not hold"
+        ) from None
     log.info("workflow %s listens on %s (stream %s)", workflow, subject, stream)
     return stream
 

@@ -81,10 +81,11 @@ class ScheduleStore:
         return decode(entry.value), entry.revision or 0
 
     async def watch(
-        self, on_caught_up: Callable[[], None] | None = None
+        self, on_caught_up: Callable[[], None] | None = None, known: Callable[[str], int] | None = None
     ) -> AsyncIterator[tuple[str, ScheduleState, int]]:
         """Every workflow's state as stored now, then each change: (workflow, state, revision); `on_caught_up` is
-        called once what was stored has come. A deleted key comes as a fresh state. Ends when the watch is
+        called once what was stored has come; `known(workflow)`, the revision the caller has, skips what is not newer.
+        A deleted key comes as a fresh state. Ends when the watch is
         stopped (the caller starts a new one)."""
         watcher = await self.kv.watch("*")
         try:
@@ -96,6 +97,8 @@ class ScheduleStore:
                     continue
                 if not isinstance(entry, KeyValue.Entry):
                     return  # stopped
+                if known is not None and (entry.revision or 0) <= known(entry.key):
+                    continue  # the caller has it (its own write, say): not decoded for nothing
                 yield entry.key, decode(entry.value), entry.revision or 0
         finally:
             with contextlib.suppress(Exception, asyncio.CancelledError):

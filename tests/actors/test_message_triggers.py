@@ -6,10 +6,12 @@ from typing import Any
 
 import msgpack
 import orjson
+import pytest
 
 from jetdag.actors.system import System
 from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
+from jetdag.engine.errors import ConfigError, NotFound
 from jetdag.engine.model import TaskSpec, Trigger, WorkflowSpec
 from tests.helpers import eventually, invalid_letters
 
@@ -54,9 +56,33 @@ async def test_messages_published_while_no_engine_runs_wait_for_one(nats_url: st
         await client.apply(ORDERS)  # listening starts with apply, engine or not
         for i in range(3):
             await client.nc.publish("orders.created", orjson.dumps({"id": i}))
-        await client.nc.flush()
-        info = await client.js.stream_info(S.TRIGGERS)
-        assert info.state.messages == 3
+        await eventually(lambda: _stored(client, 3), timeout=10)  # stored while no engine runs
         async with System(nats_url, concurrency=4):
             runs = await eventually(lambda: runs_of(client, ORDERS.name, 3), timeout=15)
     assert sorted(r["params"]["id"] for r in runs) == [0, 1, 2]
+
+
+async def test_a_subject_your_own_stream_holds_is_read_from_it(client: Client) -> None:
+    await client.js.add_stream(name="SHOP", subjects=["shop.>"])
+    shop = WorkflowSpec("t_on_shop", (TaskSpec("take", "noop"),), triggers=(Trigger(subject="shop.created"),))
+    await client.apply(shop)
+    assert (await client.js.consumer_info("SHOP", S.message_consumer(shop.name))).config.filter_subject == (
+        "shop.created"
+    )
+    await client.js.publish("shop.created", orjson.dumps({"id": 1}))
+    await eventually(lambda: runs_of(client, shop.name, 1), timeout=10)
+    with pytest.raises(Exception, match="not found"):
+        await client.js.stream_info(S.TRIGGERS)  # nothing was taken from your stream
+
+
+async def test_a_subject_that_straddles_a_stream_is_refused_at_apply(client: Client) -> None:
+    await client.js.add_stream(name="SHOP", subjects=["shop.created"])
+    wide = WorkflowSpec("t_on_wide", (TaskSpec("take", "noop"),), triggers=(Trigger(subject="shop.*"),))
+    with pytest.raises(ConfigError, match=r"on_message 'shop\.\*': cannot be stored"):
+        await client.apply(wide)
+    with pytest.raises(NotFound):
+        await client.defs.get(wide.name)  # nothing applied
+
+
+async def _stored(client: Client, n: int) -> bool:
+    return (await client.js.stream_info(S.TRIGGERS)).state.messages == n

@@ -180,3 +180,16 @@ def test_ceiling(tmp_path: Path) -> None:
     assert rec["n"] == 256
     assert all(rec[f"{name}_per_s"] > 0 for name in ("publish", "cycle", "kv"))
     assert rec["implied_jetdag_tasks_per_s"] == round(rec["publish_per_s"] / 10, 1)
+
+
+def test_filestorm(tmp_path: Path) -> None:
+    rec = record(tmp_path, "filestorm", "-n", "100", "--dirs", "5", "--workers", "1", "--concurrency", "16")
+    assert rec["n"] == 100 and rec["missed"] == 0 and rec["doubled"] == 0
+
+
+def test_scheduler_help_says_what_it_measures(tmp_path: Path) -> None:
+    """A run takes minutes (whole minutes of ticks): its options are checked here, its figures in RESULTS.md."""
+    done = bench(tmp_path, "scheduler", "--help")
+    assert done.returncode == 0 and all(o in done.stdout for o in ("--minutely", "--secondly", "--kill"))
+    done = bench(tmp_path, "scheduler", "--kill", "--no-save")
+    assert done.returncode == 2 and "--kill needs --engines 2 or more" in done.stderr
