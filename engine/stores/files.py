@@ -19,9 +19,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from jetdag.engine import subjects as S
-from jetdag.engine.errors import StaleOwner
-from jetdag.engine.nats.publisher import WRONG_LAST_SEQUENCE, Publisher, PublishRefused
-from jetdag.engine.stores.runs import EXPECTED_LAST_SUBJECT_SEQUENCE
+from jetdag.engine.nats.publisher import Publisher
+from jetdag.engine.stores import cas
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +56,7 @@ class FileStore:
     async def remember(self, publisher: Publisher, key: str, seen: SeenFile, revision: int) -> int:
         """Store the record if the key is still at `revision` (0: absent); its new revision, StaleOwner when
         another engine wrote it first."""
-        data = msgpack.packb(asdict(seen), use_bin_type=True)
-        future = await publisher.publish(
-            f"$KV.{S.FILES_KV}.{key}", data, {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)}
-        )
-        try:
-            return await future
-        except PublishRefused as exc:
-            if exc.code == WRONG_LAST_SEQUENCE:
-                raise StaleOwner(f"{S.FILES_KV}/{key}", revision) from exc
-            raise
+        return await cas.put(publisher, S.FILES_KV, key, msgpack.packb(asdict(seen), use_bin_type=True), revision)
 
     async def forget(self, key: str, revision: int) -> None:
         """Drop the record of a file that is gone (a file at that path later is new); nothing if it changed."""

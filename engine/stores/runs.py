@@ -16,14 +16,11 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from jetdag.engine import subjects as S
-from jetdag.engine.errors import StaleOwner
-from jetdag.engine.nats.publisher import WRONG_LAST_SEQUENCE, Publisher, PublishRefused, acked
-from jetdag.engine.stores import packing
+from jetdag.engine.nats.publisher import Publisher
+from jetdag.engine.stores import cas, packing
 from jetdag.engine.stores.keys import keys
 
 log = logging.getLogger(__name__)
-
-EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 
 
 class RunStore:
@@ -53,18 +50,11 @@ class RunStore:
         `RunState.stored()`. ValueTooLarge when that is over max_payload.
         """
         data = snapshot if isinstance(snapshot, bytes) else packing.encode(snapshot)
-        # Straight to the bucket's subject: a KV write is a publish expecting the key's last revision.
-        headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)}
         try:
-            future = await self.publisher.publish(f"$KV.{S.RUNS_KV}.{run_id}", data, headers)
+            future = await cas.send(self.publisher, S.RUNS_KV, run_id, data, revision)
         except MaxPayloadError:
             raise packing.too_large(f"the snapshot of run {run_id}", data, self.kv) from None
-        try:
-            return (await acked([future]))[0]
-        except PublishRefused as exc:
-            if exc.code == WRONG_LAST_SEQUENCE:
-                raise StaleOwner(f"{S.RUNS_KV}/{run_id}", revision) from exc
-            raise
+        return await cas.written(future, S.RUNS_KV, run_id, revision)
 
     async def ids(self) -> list[str]:
         """Every run id, oldest first (run ids sort by creation time)."""

@@ -18,10 +18,9 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from jetdag.engine import subjects as S
-from jetdag.engine.errors import StaleOwner
-from jetdag.engine.nats.publisher import WRONG_LAST_SEQUENCE, Publisher, PublishRefused
+from jetdag.engine.nats.publisher import Publisher
 from jetdag.engine.schedules import ScheduleState
-from jetdag.engine.stores.runs import EXPECTED_LAST_SUBJECT_SEQUENCE
+from jetdag.engine.stores import cas
 
 _TRIES = 10
 
@@ -63,14 +62,7 @@ class ScheduleStore:
         A publish to the bucket's subject, as run snapshots are written: the scheduler records thousands
         of fires at once, and these pipeline where `kv.update` waits for each."""
         data = msgpack.packb(state.to_dict(), use_bin_type=True)
-        headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)}
-        future = await publisher.publish(f"$KV.{S.SCHEDULES_KV}.{workflow}", data, headers)
-        try:
-            return await future
-        except PublishRefused as exc:
-            if exc.code == WRONG_LAST_SEQUENCE:
-                raise StaleOwner(f"{S.SCHEDULES_KV}/{workflow}", revision) from exc
-            raise
+        return await cas.put(publisher, S.SCHEDULES_KV, workflow, data, revision)
 
     async def read(self, workflow: str) -> tuple[ScheduleState, int]:
         """The state and its revision (0: never written)."""
