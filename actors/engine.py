@@ -88,8 +88,9 @@ class Engine:
     def _start_triggers(self) -> Triggers:
         """Triggers run on every engine (each fires what its partitions own and backs the others up), on a thread of
         their own (actors/triggers.py)."""
-        triggers = Triggers(self.url, self.ctx, self.rank, replicas=self.replicas, clock=self.clock,
-                            file_settle=self.file_settle)  # fmt: skip
+        # tuple(self.held) from the triggers' thread: copied in one step under the interpreter lock.
+        triggers = Triggers(self.url, self.ctx, self.rank, lambda: tuple(self.held), replicas=self.replicas,
+                            clock=self.clock, file_settle=self.file_settle)  # fmt: skip
         triggers.start()
         return triggers
 

@@ -4,8 +4,9 @@ Each clock trigger is an entry in a heap ordered by its next tick, on every engi
 partition of the workflow (`partition_of(workflow)`) fires its ticks on time, and says so (`jd.sched.firing`);
 every other engine is a backup (`rank` 1, 2, …) and fires a tick only if, `BACKUP_DELAY` after it (a
 `BACKUP_STEP` more per rank), the schedule's state (watched in `jd_schedules`) shows no fire of it and the
-partition has gone quiet (no engine announced or recorded firing it within `BACKUP_QUIET`): a slow owner is
-left to it, and a killed owner's ticks are late by about half a second, not by the lease TTL.
+partition has gone quiet (no heartbeat of its owner, no engine announcing or recording a tick of it within
+`BACKUP_QUIET`): a slow owner is left to it, and a killed owner's ticks are late by a second or so, not by
+the lease TTL.
 
 A fire publishes the runs' submissions first, then records the tick in `jd_schedules` with compare-and-set.
 Run ids are derived from (workflow, trigger, tick, batch item) (engine/firing.py), so two engines firing one
@@ -24,7 +25,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,15 @@ BACKUP_DELAY = 0.5
 BACKUP_STEP = 0.25
 """Seconds more for each backup after the first, and between looks while the owner is at work."""
 
-BACKUP_QUIET = 5.0
-"""Seconds without a sign of the engine firing a partition (an announcement, a state written) after which its
-backups take it for dead. Generous: an owner that announced a tick and died before recording it is rare, and
-on a loaded machine the records of 10,000 fires follow the announcement by seconds."""
+HEARTBEAT = 0.25
+"""Seconds between an engine's announcements of the partitions it owns (`jd.sched.firing`)."""
+
+LISTEN = 0.02
+"""Seconds a look that may step in for another engine first lets the loop read what the others said."""
+
+BACKUP_QUIET = 1.25
+"""Seconds without a sign of life from the engine that fires a partition (its heartbeat, an announcement that
+it fires a tick, a schedule state it wrote) after which its backups take it for dead and fire."""
 
 BACKUP_PATIENCE = 30.0
 """Seconds after a tick that backups leave it to an engine seen at work; then they fire it whatever they see."""
@@ -68,6 +74,9 @@ def _delay(rank: int) -> float:
 
 BUFFER_CHECK = 1.0
 """Seconds between looks at a tick held by `overlap: buffer_one`, whose previous run may have ended."""
+
+RECORDS = 500
+"""Fires recorded at once in the background (see `_look_all`)."""
 
 _TRIES = 5
 """Compare-and-set attempts per fire before it is left to the next look (another engine keeps writing)."""
@@ -135,8 +144,11 @@ class Scheduler:
         schedules: ScheduleStore,
         rank: Callable[[str], int],
         clock: Callable[[], float] = time.time,
+        owned: Callable[[], Iterable[int]] = tuple,
     ) -> None:
         self.ctx, self.catalog, self.schedules, self.rank, self.clock = ctx, catalog, schedules, rank, clock
+        self.owned = owned
+        """The partitions this engine owns now."""
         self._heap: list[tuple[float, int, Entry]] = []
         self._order = itertools.count()
         self._generation: dict[str, int] = {}
@@ -146,6 +158,7 @@ class Scheduler:
 
     async def run(self) -> None:
         changes = self.catalog.subscribe()
+        self._background(self._heartbeat())
         try:
             await self.catalog.ready.wait()
             for workflow in list(self.catalog.specs):
@@ -176,11 +189,25 @@ class Scheduler:
                 task.cancel()
 
     async def _look_all(self, due: list[Entry]) -> None:
-        """Look at the due entries. The usual case (one tick on time, overlap allowed, nothing buffered) is fired in
-        one pass that builds and sends every submission before anything else runs (10,000 in 0.2 s); the ticks
-        are then recorded together. Everything else, and whatever that pass could not send, goes the careful
-        way (`_look`). A task per schedule, or a pause now and then to let the connection send, let the engine
-        start on the first runs in between, and the last of 10,000 fires went out two seconds late."""
+        """Look at the due entries: those of the partitions this engine owns at once, then, after letting the loop
+        read what the other engines said (LISTEN), those it may fire for another engine."""
+        mine, others = [], []
+        for entry in due:  # split once: every entry goes to one of the passes, whatever the ranks are later
+            (mine if self.rank(entry.workflow) == 0 else others).append(entry)
+        if mine:
+            await self._pass(mine)
+        if others:
+            # A timer runs before the loop's next look at its sockets: without this, a backup would decide by
+            # what it had heard before the heartbeats now waiting there.
+            await asyncio.sleep(LISTEN)
+            await self._pass(others)
+
+    async def _pass(self, due: list[Entry]) -> None:
+        """The usual case (one tick on time, overlap allowed, nothing buffered) is fired in one pass that builds
+        and sends every submission before anything else runs (10,000 in 0.2 s); the ticks are then recorded
+        together. Everything else, and whatever that pass could not send, goes the careful way (`_look`). A task
+        per schedule, or a pause now and then to let the connection send, let the engine start on the first runs
+        in between, and the last of 10,000 fires went out two seconds late."""
         now, quick, careful, busy = self.clock(), [], [], set()
         for entry in due:
             fire = self._quick(entry, now) if entry.workflow not in busy else None
@@ -203,18 +230,37 @@ class Scheduler:
         if sent:
             late, took = now - min(f.due for f in sent), time.monotonic() - began
             log.debug("fired %d schedules %.3f s after their tick, in %.3f s", len(sent), late, took)
-        # Recorded in the background: 10,000 records take the loop a second or two, and the next second's ticks
-        # must not wait for them (each entry goes back on the heap once its record is done).
-        self._background(asyncio.gather(*(self._record(f) for f in sent), *(self._look(e, now) for e in careful)))
+        # Recorded in the background, RECORDS at a time: 10,000 records take the loop a second or two, and the next
+        # second's ticks must wait neither for them nor behind them in the loop's queue (each entry goes back on
+        # the heap once its record is done).
+        self._background(self._record_all(sent, careful, now))
+
+    async def _heartbeat(self) -> None:
+        """Every HEARTBEAT seconds, tell the other engines which partitions this one owns: it fires their ticks."""
+        while True:
+            await self._say(self.owned())
+            await asyncio.sleep(HEARTBEAT)
 
     async def _announce(self, quick: list[Quick]) -> None:
         """Tell the other engines which partitions this engine fires a tick of now, as their owner or as the backup
-        that steps in (see BACKUP_PATIENCE): the others then leave them to it."""
-        mine = {S.partition_of(f.entry.workflow, self.ctx.partitions) for f in quick}
-        if mine:
-            body = {"v": 1, "engine": self.ctx.engine_id, "tick": min(f.due for f in quick), "partitions": sorted(mine)}
+        that steps in: the others then leave them to it."""
+        await self._say({S.partition_of(f.entry.workflow, self.ctx.partitions) for f in quick})
+
+    async def _say(self, partitions: Iterable[int]) -> None:
+        if partitions := sorted(partitions):
+            body = {"v": 1, "engine": self.ctx.engine_id, "partitions": partitions}
             with contextlib.suppress(Exception):  # only spares the backups some work
                 await self.ctx.nc.publish(S.FIRING, pack(body))
+
+    async def _record_all(self, sent: list[Quick], careful: list[Entry], now: float) -> None:
+        """The careful looks first (they may still fire), then the records of what was sent, those due again
+        soonest first: an every-second schedule fired with 10,000 minutely ones must be back on the heap before
+        its next second, not after the 10,000 records."""
+        for start in range(0, len(careful), RECORDS):
+            await asyncio.gather(*(self._look(entry, now) for entry in careful[start : start + RECORDS]))
+        sent = sorted(sent, key=lambda fire: fire.following)
+        for start in range(0, len(sent), RECORDS):
+            await asyncio.gather(*(self._record(fire) for fire in sent[start : start + RECORDS]))
 
     def _background(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
@@ -367,8 +413,9 @@ class Scheduler:
         """When to look again if the tick `due` is still another engine's to fire; None when this one fires it.
 
         The owner fires at once. A backup waits its delay, then for as long as the partition shows signs of life
-        since the tick (another engine announced firing it, or wrote a schedule state of it, within the last
-        BACKUP_QUIET seconds) up to BACKUP_PATIENCE: a slow owner is left to it, a dead one goes quiet."""
+        (its owner's heartbeat, or another engine announcing a tick of it or writing a schedule state of it,
+        within the last BACKUP_QUIET seconds), up to BACKUP_PATIENCE: a slow owner is left to it, a dead one
+        goes quiet. An owner's heartbeat comes from its own loop, which no busy engine loop holds up."""
         rank = self.rank(entry.workflow)
         if rank == 0:
             return None
@@ -376,7 +423,7 @@ class Scheduler:
             return due + _delay(rank)
         partition = S.partition_of(entry.workflow, self.ctx.partitions)
         heard = self.catalog.touched.get(partition, -math.inf)
-        if heard >= due and now - heard < BACKUP_QUIET and now < due + BACKUP_PATIENCE:
+        if now - heard < BACKUP_QUIET and now < due + BACKUP_PATIENCE:
             return now + BACKUP_STEP
         return None
 

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from jetdag.engine.nats.setup import close, connect
 from jetdag.engine.stores.defs import DefStore
@@ -41,12 +41,14 @@ class Triggers:
         url: str,
         engine: EngineContext,
         rank: Callable[[str], int],
+        owned: Callable[[], Iterable[int]],
         *,
         replicas: int = 1,
         clock: Callable[[], float] = time.time,
         file_settle: float = 1.0,
     ) -> None:
-        self.url, self.engine, self.rank, self.replicas, self.clock = url, engine, rank, replicas, clock
+        self.url, self.engine, self.rank, self.owned, self.replicas = url, engine, rank, owned, replicas
+        self.clock = clock
         self.file_settle = file_settle
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,7 +95,7 @@ class Triggers:
             schedules = await ScheduleStore.open(js)
             # The engine's cache takes each definition the catalog reads: the first run of a version reads it there.
             catalog = Catalog(ctx, schedules, prime=self.engine.defs.remember, clock=self.clock)
-            scheduler = Scheduler(ctx, catalog, schedules, self.rank, self.clock)
+            scheduler = Scheduler(ctx, catalog, schedules, self.rank, self.clock, self.owned)
             files = FileWatcher(ctx, catalog, scheduler, await FileStore.open(js), self.rank, settle=self.file_settle)
             listener = Listener(ctx, catalog, scheduler, self.replicas)
             # The catalog's watches come first: the others wait for it to be ready.

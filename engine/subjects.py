@@ -122,8 +122,9 @@ def message_consumer(workflow: str) -> str:
 
 
 FIRING: Final = "jd.sched.firing"
-"""Core NATS: `{engine, tick, partitions}` an engine sends as it starts firing a tick for the partitions it owns,
-so their backups leave it to it (actors/scheduler.py). Lost, it costs a duplicate publish, nothing more."""
+"""Core NATS: `{engine, partitions}` an engine sends every quarter second for the partitions it owns, and as it
+starts firing a tick of some, so their backups leave those to it (actors/scheduler.py). Lost, it costs a
+duplicate publish, nothing more."""
 
 RESERVED_PREFIXES: Final = ("jd.", "$", "_INBOX.")
 """Subjects jetdag or NATS use: an `on_message` trigger cannot listen there."""
