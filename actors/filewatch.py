@@ -95,6 +95,7 @@ class FileWatcher:
         self._records_ready = asyncio.Event()
         self._roots_changed = asyncio.Event()
         self._watching: list[Path] = []
+        self._some_pending = asyncio.Event()
 
     async def run(self) -> None:
         changes = self.catalog.subscribe()
@@ -201,6 +202,8 @@ class FileWatcher:
         """Notice a watched directory that appears (or goes) soon, not at the next full scan."""
         while True:
             await asyncio.sleep(ROOTS_CHECK)
+            if not self.watches:
+                continue
             if self._roots() != self._watching:
                 self._roots_changed.set()
                 await self._scan()
@@ -228,6 +231,7 @@ class FileWatcher:
         if known is None and all(self._taken(w, path, size, mtime) for w in self._matches(path)):
             return
         self.pending[path] = Pending(size, mtime, ctime, time.monotonic())
+        self._some_pending.set()
 
     def _taken(self, watch: Watch, path: str, size: int, mtime: float) -> bool:
         record = self.records.get(file_key(watch.workflow, watch.key, path), (None, 0))[0]
@@ -262,6 +266,9 @@ class FileWatcher:
     async def _settle_loop(self) -> None:
         """Take the pending files that have held still for `settle` seconds (a non-owner waits BACKUP_DELAY more)."""
         while True:
+            if not self.pending:  # nothing to watch settle: no timer while no file comes
+                self._some_pending.clear()
+                await self._some_pending.wait()
             await asyncio.sleep(min(0.25, self.settle / 2))
             now = time.monotonic()
             ready: list[tuple[str, Pending]] = []

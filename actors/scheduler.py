@@ -155,6 +155,8 @@ class Scheduler:
         self._crons: dict[tuple[str, str | None], Ticks] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._pushed = asyncio.Event()
+        self._scheduling = asyncio.Event()
+        """Set once there is a clock trigger to fire (then the heartbeat beats)."""
 
     async def run(self) -> None:
         changes = self.catalog.subscribe()
@@ -191,7 +193,8 @@ class Scheduler:
     async def _look_all(self, due: list[Entry]) -> None:
         """Look at the due entries: those of the partitions this engine owns at once, then, after letting the loop
         read what the other engines said (LISTEN), those it may fire for another engine."""
-        mine, others = [], []
+        mine: list[Entry] = []
+        others: list[Entry] = []
         for entry in due:  # split once: every entry goes to one of the passes, whatever the ranks are later
             (mine if self.rank(entry.workflow) == 0 else others).append(entry)
         if mine:
@@ -236,8 +239,10 @@ class Scheduler:
         self._background(self._record_all(sent, careful, now))
 
     async def _heartbeat(self) -> None:
-        """Every HEARTBEAT seconds, tell the other engines which partitions this one owns: it fires their ticks."""
+        """Every HEARTBEAT seconds, tell the other engines which partitions this one owns: it fires their ticks.
+        Silent (and asleep) while no workflow has a clock trigger."""
         while True:
+            await self._scheduling.wait()
             await self._say(self.owned())
             await asyncio.sleep(HEARTBEAT)
 
@@ -348,6 +353,7 @@ class Scheduler:
         entry.at = at
         heapq.heappush(self._heap, (at, next(self._order), entry))
         self._pushed.set()  # the loop may be asleep until a later time, or with nothing to wait for
+        self._scheduling.set()
 
     def _due(self) -> list[Entry]:
         """Pop the entries whose time has come (dropping stale ones); a backup's entry waits its delay."""
