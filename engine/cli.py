@@ -692,16 +692,19 @@ def schedules(workflow: str | None, switch: str | None, nats: str | None, data: 
         if as_json:
             print_json(views)
             return 0
-        click.echo(f"{'WORKFLOW':<24} {'STATE':<5} {'TRIGGER':<16} {'WHAT':<28} {'NEXT FIRE':<26} LAST FIRE")
+        rows = [("WORKFLOW", "STATE", "TRIGGER", "WHAT", "NEXT FIRE", "LAST FIRE")]
         for view in views:
             for t in view["triggers"] or [{}]:
                 last = t.get("last_fire")
                 last_text = dt.datetime.fromtimestamp(last, dt.UTC).isoformat(timespec="seconds") if last else "-"
                 what = str(t.get("what") or "-") + (f" ({t['timezone']})" if t.get("timezone") else "")
-                click.echo(
-                    f"{view['workflow']:<24} {'on' if view['enabled'] else 'off':<5} {t.get('key', '-'):<16} "
-                    f"{what:<28} {t.get('next_fire') or '-':<26} {last_text}"
-                )
+                state = "on" if view["enabled"] else "off"
+                key, next_fire = str(t.get("key", "-")), str(t.get("next_fire") or "-")
+                rows.append((view["workflow"], state, key, what, next_fire, last_text))
+        # Columns as wide as their widest cell: trigger keys such as cron:stamp:extract vary a lot.
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        for row in rows:
+            click.echo(" ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + " " + row[5])
         return 0
 
     run_async(go())
