@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 
 GC_THRESHOLDS = (200_000, 100, 100)
@@ -20,4 +21,7 @@ def tune_gc() -> None:
     the young generation less often. Call once, after start-up and before the work begins."""
     gc.collect()
     gc.freeze()
+    # Frozen objects are never freed at exit, and DuckDB's bindings (nanobind) then print pages of
+    # "leaked instance" warnings when a process stops: hand them back to the collector first.
+    atexit.register(gc.unfreeze)
     gc.set_threshold(*GC_THRESHOLDS)

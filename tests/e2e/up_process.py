@@ -142,6 +142,7 @@ def stop_up(up: Up, sig: signal.Signals) -> None:
         up.proc.wait(10)
         raise
     assert code == 0, up.log()
+    assert "leaked" not in up.log(), up.log()  # DuckDB's bindings complain of objects never freed
     eventually_sync(lambda: all(exited(k) for k in kids), timeout=10)
     assert not (up.data / "endpoint.json").exists()
 
