@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -39,6 +39,7 @@ from jetdag.engine.errors import JetdagError, NotFound
 from jetdag.engine.stores.defs import DefStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -115,8 +116,12 @@ class Auditor:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
         finally:
-            async with self._write:
-                await asyncio.to_thread(self.store.close)
+            await self._writing(self.store.close)
+
+    async def _writing(self, write: Callable[..., T], *args: Any) -> T:
+        """`write(*args)` on a thread, one write at a time."""
+        async with self._write:
+            return await _finishing(asyncio.to_thread(write, *args))
 
     # --- ingest -----------------------------------------------------------------------------------
 
@@ -158,8 +163,7 @@ class Auditor:
             if not msgs:  # nats-py may end a fetch with only a status message
                 continue
             batch = [_message(m) for m in msgs]
-            async with self._write:
-                new = await asyncio.to_thread(self.store.ingest, batch)
+            new = await self._writing(self.store.ingest, batch)
             self.ingested += new
             # AckAll: acking the last acks the batch; only after the commit, so a crash redelivers it.
             await msgs[-1].ack()
@@ -232,8 +236,7 @@ class Auditor:
     async def _prune(self, request: dict[str, Any]) -> dict[str, int]:
         days = float(request.get("days", self.retention_days))
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
-        async with self._write:
-            return await asyncio.to_thread(self.store.prune, cutoff)
+        return await self._writing(self.store.prune, cutoff)
 
     async def _export(self, request: dict[str, Any]) -> dict[str, Any]:
         to = request.get("to")
@@ -243,7 +246,7 @@ class Auditor:
             self._open.clear()  # new queries wait; running ones finish first
             try:
                 await self._idle.wait()
-                files = await asyncio.to_thread(self.store.export, Path(to))
+                files = await _finishing(asyncio.to_thread(self.store.export, Path(to)))
             finally:
                 self._open.set()
         return {"directory": to, "files": files}
@@ -333,3 +336,18 @@ def _message(m: Msg) -> Message:
     meta = m.metadata
     stamp = meta.timestamp.timestamp() if meta.timestamp else time.time()
     return Message(meta.sequence.stream, m.subject, m.data, stamp)
+
+
+async def _finishing(work: Awaitable[T]) -> T:
+    """Await `work`; cancelled, wait for it to end before passing the cancellation on.
+
+    A thread cannot be stopped: a batch cancelled at shutdown goes on writing, and DuckDB refuses to
+    close a connection in the middle of a call ("connection is busy"), so the writer lock must not be
+    let go before the thread is done."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import msgpack
 import pytest
 
@@ -173,3 +175,29 @@ async def test_a_deleted_file_is_rebuilt_from_the_stream(nats_url: str, tmp_path
 async def test_without_an_auditor_sql_says_what_to_start(client: Client) -> None:
     with pytest.raises(Exception, match="no auditor is running"):
         await client.sql("SELECT 1")
+
+
+async def test_a_stop_during_a_write_waits_for_it_and_closes_the_file(nats_url: str, tmp_path: Path) -> None:
+    """A batch is written on a thread, which a cancellation cannot stop: the auditor must not close the
+    connection under it (DuckDB refuses: "connection is busy"), and what it wrote is kept."""
+    path = tmp_path / "audit.duckdb"
+    entered, release = threading.Event(), threading.Event()
+    async with System(nats_url, audit=path, drain_timeout=1.0, queues=()) as system:
+        assert system.auditor is not None
+        store = system.auditor.store
+        ingest = store.ingest
+
+        def held_ingest(batch: list[Any]) -> int:
+            entered.set()
+            release.wait(10)
+            return ingest(batch)
+
+        store.ingest = held_ingest  # type: ignore[method-assign]
+        async with await Client.connect(nats_url) as client:
+            await client.apply(DIAMOND)
+            run_id = await client.submit(DIAMOND.name)
+        assert await asyncio.to_thread(entered.wait, 10)
+        threading.Timer(0.2, release.set).start()  # the write ends after the stop began
+    # The System stopped (cancelling the auditor mid-write) without an error, and the file is whole.
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM events WHERE run_id = ?", [run_id]).fetchone() != (0,)
