@@ -47,22 +47,34 @@ T = TypeVar("T")
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run(main)`, and SIGTERM cancels it as Ctrl-C does, so `Stack` still tears everything down."""
+    """`asyncio.run(main)`; Ctrl-C and SIGTERM cancel it, so `Stack` still tears everything down, and the exit
+    code says which stopped it."""
+    stopped_by: list[signal.Signals] = []
 
     async def guarded() -> T:
         task = asyncio.current_task()
         assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        loop = asyncio.get_running_loop()
+
+        def stop(signum: int, _frame: object) -> None:
+            # A plain signal handler runs at once: Ctrl-C reaches the whole process group, and a worker that
+            # exits of it before the loop would run a handler must not read as a crash (`check_alive`).
+            stopped_by.append(signal.Signals(signum))
+            task.cancel()
+            loop.call_soon_threadsafe(lambda: None)
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
         return await main
 
     try:
         return asyncio.run(guarded())
-    except KeyboardInterrupt:
-        print("interrupted: every process stopped", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
-    except asyncio.CancelledError:
-        print("terminated: every process stopped", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+    except BaseException:
+        if not stopped_by:
+            raise
+        what = "interrupted" if stopped_by[0] == signal.SIGINT else "terminated"
+        print(f"{what}: every process stopped", file=sys.stderr)
+        sys.exit(128 + stopped_by[0])
 
 
 def _die_with_parent() -> None:

@@ -23,9 +23,10 @@ async def test_the_third_run_waits_until_one_of_two_ends(client: Client) -> None
     # Never more than two at once, and the waiting ones went first come, first served.
     spans = sorted((f["started_at"], f["finished_at"]) for f in finals)
     assert all(sum(1 for s, e in spans if s <= t < e) <= 2 for t, _ in spans)
+    # The first slot to free goes to the third, the second to the fourth. (Which of them starts its task first
+    # is the workers' race when both slots free at once, so their start times are not compared.)
     ends = sorted(f["finished_at"] for f in finals[:2])
     assert finals[2]["started_at"] >= ends[0] - 0.05 and finals[3]["started_at"] >= ends[1] - 0.05
-    assert finals[2]["started_at"] <= finals[3]["started_at"]
     gate = await GateStore(await client.js.key_value("jd_schedules")).read(TWO_AT_ONCE.name)
     assert gate.active == [] and gate.waiting == []
 
