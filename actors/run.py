@@ -233,7 +233,11 @@ class RunActor:
                         info=cmd.info,
                         job=cmd.job,
                     )
-                    subject, data, kind = S.task_subject(cmd.queue, cmd.priority), encode_task(task), "task"
+                    subject, data, kind = (
+                        S.task_subject(cmd.queue, cmd.priority, cmd.handler),
+                        encode_task(task),
+                        "task",
+                    )
                     if len(data) > self.ctx.nc.max_payload - HEADROOM:
                         # It can never be sent: answer the attempt with its failure, not fail the step for good.
                         subject, data, kind = reply, self._too_big(cmd, len(data)), "result"

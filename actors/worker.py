@@ -30,7 +30,7 @@ from jetdag.engine import builtins as _builtins  # noqa: F401  (registers noop, 
 from jetdag.engine import subjects as S
 from jetdag.engine.errors import MessageRejected
 from jetdag.engine.events import Event, TaskFailed, TaskStarted, TaskSucceeded
-from jetdag.engine.handlers import Fail, Retry, TaskContext, call, get_handler, registered
+from jetdag.engine.handlers import Fail, Handler, Retry, TaskContext, call, get_handler, registered
 from jetdag.engine.messages import MSG_ID, TaskMessage, decode_task, encode_event, msg_id, pack
 from jetdag.engine.nats.publisher import Publisher, acked
 from jetdag.engine.nats.pull import Fetcher
@@ -63,14 +63,22 @@ a shorter one's start rides on its result instead, which spares the engine a ste
 for a no-op task)."""
 """The error of an attempt whose handler was interrupted (`jd.cmd.interrupt`)."""
 
+LOOK_EVERY = 5.0
+"""Seconds between looks, while idle, for tasks the doorbell did not announce (core NATS may drop a ring)."""
+HANDED_BACK_FOR = 5.0
+"""Seconds a task stays out of sight after a worker that no longer has its handler (a reload took it away) handed
+it back, untried, to the workers that have it."""
+
 Attempt = tuple[str, str, int]
 """(run, task, attempt)"""
+Route = tuple[str, int, str]
+"""(queue, priority, handler): one task subject and its consumer."""
 
 
-def task_consumer_config(queue: str, priority: int) -> js_api.ConsumerConfig:
+def task_consumer_config(queue: str, priority: int, handler: str) -> js_api.ConsumerConfig:
     return js_api.ConsumerConfig(
-        durable_name=S.task_consumer(queue, priority),
-        filter_subject=S.task_subject(queue, priority),
+        durable_name=S.task_consumer(queue, priority, handler),
+        filter_subject=S.task_subject(queue, priority, handler),
         ack_policy=js_api.AckPolicy.EXPLICIT,
         deliver_policy=js_api.DeliverPolicy.ALL,
         ack_wait=ACK_WAIT,
@@ -110,10 +118,13 @@ class Worker:
         self._runs: RunStore | None = None
         self._announce = asyncio.Event()  # a task started since the last beat
         self.done_count = 0
-        self._fetchers: dict[tuple[str, int], Fetcher] = {}
-        self._maybe: set[tuple[str, int]] = set()  # priorities that may hold tasks
-        self._rings: dict[tuple[str, int], int] = {}
-        self._fresh: set[tuple[str, int]] = set()  # rang since the last sweep
+        self._fetchers: dict[Route, Fetcher] = {}
+        """One per queue, priority and handler this worker has: it never receives a task it cannot run."""
+        self._maybe: set[Route] = set()  # routes that may hold tasks
+        self._rings: dict[Route, int] = {}
+        self._fresh: set[Route] = set()  # rang since the last sweep
+        self._new: set[Route] = set()  # found to hold tasks this worker can run, no consumer yet
+        self._looked = 0.0
         self._bell = asyncio.Event()
         self._slot = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -127,15 +138,9 @@ class Worker:
 
     async def run(self) -> None:
         self._runs = await RunStore.open(self.nc, self.js)
-        for queue in self.queues:
-            for prio in S.PRIORITIES:
-                await self.js.add_consumer(S.TASKS, config=task_consumer_config(queue, prio))
-                fetcher = Fetcher(self.nc, S.TASKS, S.task_consumer(queue, prio))
-                await fetcher.start()
-                self._fetchers[(queue, prio)] = fetcher
-        self._maybe = set(self._fetchers)
+        await self._look()
         # The doorbell: core NATS sees every publish to the queue, so an idle worker wakes at once.
-        bells = [await self.nc.subscribe(f"jd.task.{q}.*", cb=self._ring) for q in self.queues]
+        bells = [await self.nc.subscribe(f"jd.task.{q}.>", cb=self._ring) for q in self.queues]
         bells.append(await self.nc.subscribe(S.INTERRUPT, cb=self._on_interrupt))
         ticker = asyncio.create_task(self._keep_alive(), name="worker keep-alive")
         try:
@@ -152,6 +157,31 @@ class Worker:
             for fetcher in self._fetchers.values():
                 await fetcher.stop()
 
+    async def _look(self) -> None:
+        """Find the routes of this worker's queues that hold tasks it can run and that it has no consumer for
+        yet: what was queued before it started, or for a handler registered since, or missed by the doorbell."""
+        self._looked = time.monotonic()
+        for queue in self.queues:
+            info = await self.js.stream_info(S.TASKS, subjects_filter=f"jd.task.{queue}.>")
+            for subject in info.state.subjects or {}:
+                route = S.task_route(subject)
+                if route is not None and route not in self._fetchers and get_handler(route[2]) is not None:
+                    self._new.add(route)
+
+    async def _open_new(self) -> None:
+        """A consumer and a fetcher for each route found since the last time. Consumers are made per route as
+        tasks come: one per queue, priority and handler up front would be thousands for a module of handlers."""
+        while self._new:
+            route = self._new.pop()
+            if route in self._fetchers:
+                continue
+            await self.js.add_consumer(S.TASKS, config=task_consumer_config(*route))
+            fetcher = Fetcher(self.nc, S.TASKS, S.task_consumer(*route))
+            await fetcher.start()
+            self._fetchers[route] = fetcher
+            self._maybe.add(route)
+            self._fresh.add(route)
+
     async def _leave(self) -> None:
         await (await self.js.key_value(S.WORKERS_KV)).delete(self.id)
 
@@ -162,13 +192,16 @@ class Worker:
         self._slot.set()
 
     async def _ring(self, msg: Msg) -> None:
-        queue, prio = msg.subject.split(".")[2:4]
-        if prio.isdigit():
-            key = (queue, int(prio))
-            self._maybe.add(key)
-            self._fresh.add(key)
-            self._rings[key] = self._rings.get(key, 0) + 1
-        self._bell.set()
+        route = S.task_route(msg.subject)
+        if route in self._fetchers:
+            self._maybe.add(route)
+            self._fresh.add(route)
+            self._rings[route] = self._rings.get(route, 0) + 1
+            self._bell.set()
+        elif route is not None and get_handler(route[2]) is not None:
+            self._new.add(route)  # the first task of this priority and handler since the worker started
+            self._bell.set()
+        # else: a task for a handler of another worker
 
     async def _on_interrupt(self, msg: Msg) -> None:
         """A run was cancelled: stop the handler of that attempt if it runs here, and remember the attempt
@@ -201,6 +234,11 @@ class Worker:
                     async with asyncio.timeout(1.0):
                         await self._bell.wait()
                 continue
+            if self._new:
+                try:
+                    await self._open_new()
+                except Exception as exc:  # NATS trouble: the route is found again by the next look
+                    log.warning("worker %s: a consumer for new tasks could not be made: %s", self.id, exc)
             got = 0
             fresh, self._fresh = self._fresh, set()
             for key in sorted(self._maybe, key=lambda k: -k[1]):
@@ -224,6 +262,9 @@ class Worker:
                         await self._bell.wait()
                 if not self._bell.is_set():
                     self._maybe = set(self._fetchers)
+                    if time.monotonic() - self._looked >= LOOK_EVERY:
+                        with contextlib.suppress(Exception):  # NATS trouble: look again next time
+                            await self._look()
 
     def _start(self, msg: Msg) -> None:
         task = asyncio.create_task(self._execute(msg))
@@ -296,6 +337,15 @@ class Worker:
             with contextlib.suppress(Exception):
                 await msg.ack()
             return
+        fn = get_handler(task.handler)
+        if fn is None:
+            # Its handler is gone from this worker (it was there when the consumer was made): hand the task
+            # back untried; a worker that has it takes it, and no attempt is counted.
+            log.warning("task %s/%s#%d: handler %r is no longer here: handed back", task.run_id, task.task,
+                        task.attempt, task.handler)  # fmt: skip
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=HANDED_BACK_FOR)
+            return
         key: Attempt = (task.run_id, task.task, task.attempt)
         if key in self._interrupted:
             # Its run was cancelled before this worker took it: the run has no use for it any more.
@@ -312,7 +362,7 @@ class Worker:
         started = asyncio.ensure_future(self._say_started(task, begun))
         started.add_done_callback(_quietly)
         # The handler is a task of its own so that an interrupt cancels it alone, never the publishing below.
-        handler = self._handlers[key] = asyncio.ensure_future(self._run_handler(task))
+        handler = self._handlers[key] = asyncio.ensure_future(self._run_handler(task, fn))
         try:
             outcome = await handler
         except asyncio.CancelledError:
@@ -350,15 +400,8 @@ class Worker:
             return None
         return None if snapshot is None else superseded(snapshot, task.task, task.attempt)
 
-    async def _run_handler(self, task: TaskMessage) -> Event:
+    async def _run_handler(self, task: TaskMessage, fn: Handler) -> Event:
         now, args = time.time, (task.run_id, task.task, task.attempt)
-        fn = get_handler(task.handler)
-        if fn is None:
-            error = (
-                f"handler {task.handler!r} is not registered on worker {self.id} (it knows {', '.join(registered())}); "
-                f"start a worker with --import MODULE that defines it"
-            )
-            return TaskFailed(*args, now(), error, self.id)
         ctx = TaskContext(
             run_id=task.run_id, workflow=task.workflow, task=task.task, attempt=task.attempt,
             payload=task.payload, params=task.params, info=task.info, job=task.job, emit=self._emitter(task),

@@ -816,6 +816,8 @@ def _print_run(view: dict[str, Any]) -> None:
         line = f"  {name:<24} {task['status']:<10} attempts {task['attempts']}"
         if task.get("error") and task["status"] != "succeeded":
             line += f"  {task['error'][:120]}"
+        if task.get("waiting"):
+            line += f"  waiting: {task['waiting']}"
         click.echo(line)
 
 

@@ -47,7 +47,7 @@ from jetdag.engine.stores.defs import Applied, DefStore
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.stores.schedules import ScheduleStore
 from jetdag.engine.views import run_view
-from jetdag.engine.workers import worker_view
+from jetdag.engine.workers import UNSERVED_AFTER, served, unserved_reason, worker_view
 
 RUN_ID_HEADER = "Jd-Run-Id"
 DELAY_HEADER = "Jd-Delay"
@@ -235,8 +235,8 @@ class Client:
         """Run one task of `handler` as a run of its own; `delay` holds it back, `priority` orders it."""
         if not S.is_token(queue):
             raise SubmissionError(f"queue {queue!r}: use letters, digits, '-' and '_'")
-        if not all(S.is_token(part) for part in handler.split(".")):
-            raise SubmissionError(f"handler {handler!r}: use letters, digits, '-', '_' and '.'")
+        if not S.is_handler_name(handler):
+            raise SubmissionError(f"handler {handler!r}: use {S.HANDLER_RULE}")
         if priority is not None and priority not in S.PRIORITIES:
             raise SubmissionError(f"priority must be 0..9 (9 first), got {priority!r}")
         run_id, now = run_id or new_run_id(), time.time()
@@ -259,7 +259,24 @@ class Client:
         snapshot, _ = await self.runs.load(run_id)
         if snapshot is None:
             raise NotFound("run", run_id)
-        return run_view(snapshot)
+        view = run_view(snapshot)
+        if _waits_long(view):
+            with contextlib.suppress(NotFound, ControlError):
+                await self.say_unserved(view, await self._spec_of(run_id, snapshot))
+        return view
+
+    async def say_unserved(self, view: dict[str, Any], spec: WorkflowSpec) -> None:
+        """Each task of the run `view` queued for UNSERVED_AFTER seconds while no live worker has its handler
+        for its queue gets `"waiting": "no live worker has handler 'x' for queue 'q'"`."""
+        if not _waits_long(view):
+            return
+        pairs = served(await self.workers())
+        specs = {t.name: t for t in spec.tasks}
+        for name in _waits_long(view):
+            task = specs.get(name)
+            reason = None if task is None else unserved_reason(task.queue, task.handler, pairs)
+            if reason is not None:
+                view["tasks"][name]["waiting"] = reason
 
     # --- run control (README "Run control") --------------------------------------------------------
 
@@ -578,3 +595,10 @@ def dead_letter_view(msg: RawStreamMsg) -> dict[str, Any]:
         )
     view["requeueable"] = view["kind"] == "task.dead"
     return view
+
+
+def _waits_long(view: dict[str, Any]) -> list[str]:
+    """The tasks of a run's view queued for UNSERVED_AFTER seconds or more."""
+    since = time.time() - UNSERVED_AFTER
+    tasks = view.get("tasks") or {}
+    return [n for n, t in tasks.items() if t["status"] == "queued" and t.get("queued_at", since) < since]

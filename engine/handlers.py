@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from jetdag.engine.subjects import HANDLER_RULE, is_handler_name
 
 Handler = Callable[["TaskContext"], Any]
 """A handler takes the task context and returns a result; it may be sync or async."""
@@ -21,7 +22,6 @@ Emit = Callable[[str, dict[str, Any]], None]
 
 H = TypeVar("H", bound=Handler)
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _registry: dict[str, Handler] = {}
 
 
@@ -112,8 +112,8 @@ def handler(name: str) -> Callable[[H], H]:
     Registering the same function again (a module reload) is fine; another function under a taken
     name raises ValueError naming both.
     """
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"invalid handler name {name!r}: use letters, digits, '_', '.' and '-' only")
+    if not isinstance(name, str) or not is_handler_name(name):
+        raise ValueError(f"invalid handler name {name!r}: use {HANDLER_RULE}")
 
     def register(fn: H) -> H:
         existing = _registry.get(name)

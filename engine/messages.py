@@ -13,6 +13,7 @@ import orjson
 
 from jetdag.engine.errors import MessageRejected
 from jetdag.engine.events import EVENT_TYPES, Event, Transition
+from jetdag.engine.subjects import task_route
 
 VERSION: Final = 1
 MSG_ID: Final = "Nats-Msg-Id"
@@ -105,7 +106,7 @@ def _check_types(subject: str, event: Event) -> None:
 
 @dataclass(frozen=True, slots=True)
 class TaskMessage:
-    """One attempt of one task, as a worker receives it on `jd.task.<queue>.<prio>`."""
+    """One attempt of one task, as a worker receives it on `jd.task.<queue>.<prio>.<handler>`."""
 
     run_id: str
     workflow: str
@@ -149,6 +150,9 @@ def decode_task(subject: str, data: bytes) -> TaskMessage:
             raise MessageRejected(subject, f"task message: field {_RENAME.get(name, name)!r} has the wrong type")
     if not msg.reply.startswith("jd.evt."):
         raise MessageRejected(subject, f"task message: reply subject {msg.reply!r} is not a jd.evt subject")
+    route = task_route(subject)
+    if route is not None and route[2] != msg.handler:
+        raise MessageRejected(subject, f"task message: handler {msg.handler!r} on the subject of handler {route[2]!r}")
     return msg
 
 

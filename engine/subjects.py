@@ -50,12 +50,38 @@ def partition_of(run_id: str, partitions: int = DEFAULT_PARTITIONS) -> int:
     return zlib.crc32(run_id.encode()) % partitions
 
 
-def task_subject(queue: str, priority: int) -> str:
-    return f"jd.task.{queue}.{priority}"
+_HANDLER = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
-def task_consumer(queue: str, priority: int) -> str:
-    return f"jd_task_{queue}_{priority}"
+HANDLER_RULE: Final = "letters, digits, '_' and '-', in parts joined by '.'"
+
+
+def is_handler_name(name: str) -> bool:
+    """True when `name` can name a handler: tokens joined by dots (`noop`, `etl.load`)."""
+    return bool(_HANDLER.match(name))
+
+
+def handler_token(handler: str) -> str:
+    """A handler name as one subject token and part of a consumer name, where a dot separates."""
+    return handler.replace(".", ":")
+
+
+def task_subject(queue: str, priority: int, handler: str) -> str:
+    """Where a task waits for a worker of `queue` that has `handler`: a worker only takes what it can run."""
+    return f"jd.task.{queue}.{priority}.{handler_token(handler)}"
+
+
+def task_consumer(queue: str, priority: int, handler: str) -> str:
+    """The durable consumer of one `task_subject`, shared by every worker that has the handler."""
+    return f"jd_task_{queue}_{priority}_{handler_token(handler)}"
+
+
+def task_route(subject: str) -> tuple[str, int, str] | None:
+    """(queue, priority, handler) of a `task_subject`; None for any other subject."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:2] != ["jd", "task"] or not parts[3].isdigit():
+        return None
+    return parts[2], int(parts[3]), parts[4].replace(":", ".")
 
 
 def event_subject(partition: int, run_id: str) -> str:

@@ -120,3 +120,21 @@ def superseded(snapshot: dict[str, Any], task: str, attempt: int) -> str | None:
     if current == attempt and task_status not in ("queued", "running"):
         return f"attempt {attempt} is already {task_status}"
     return None
+
+
+UNSERVED_AFTER: Final = 10.0
+"""Seconds a task may wait queued before `status`, the run page and /metrics say that no live worker can run it:
+a worker that was just started, or restarted, is given time to beat."""
+
+
+def served(workers: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(queue, handler) pairs some live worker serves, from `worker_view`s."""
+    live = [w for w in workers if w.get("alive")]
+    return {(str(q), str(h)) for w in live for q in w.get("queues") or () for h in w.get("handlers") or ()}
+
+
+def unserved_reason(queue: str, handler: str, served: set[tuple[str, str]]) -> str | None:
+    """What to tell a user whose task waits for a worker no one runs; None while a live worker has the handler."""
+    if (queue, handler) in served:
+        return None
+    return f"no live worker has handler {handler!r} for queue {queue!r}"

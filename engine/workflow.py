@@ -20,7 +20,7 @@ from jetdag.engine.definitions import checks, triggers
 from jetdag.engine.definitions.checks import At, Invalid, WrongValue
 from jetdag.engine.errors import DefinitionError, DefinitionWarning
 from jetdag.engine.model import Catchup, Overlap, RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec
-from jetdag.engine.subjects import DEFAULT_PRIORITY, workflow_key
+from jetdag.engine.subjects import DEFAULT_PRIORITY, HANDLER_RULE, is_handler_name, workflow_key
 
 __all__ = ["Task", "Workflow"]
 
@@ -39,8 +39,10 @@ def _caller() -> At:
 def _as_handler(value: object) -> str:
     # A function registered with @handler carries the name it was registered under.
     name = getattr(value, "__jetdag_handler__", value)
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str):
         raise WrongValue("a handler name or a function registered with @handler", value)
+    if not is_handler_name(name):
+        raise WrongValue(f"a handler name of {HANDLER_RULE}", value)
     return name
 
 

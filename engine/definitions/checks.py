@@ -18,7 +18,7 @@ from jetdag.engine import templates
 from jetdag.engine.durations import parse_duration
 from jetdag.engine.errors import DefinitionError, DefinitionErrors, DefinitionWarning
 from jetdag.engine.model import CycleFound, RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec, topological_order
-from jetdag.engine.subjects import is_token, workflow_key
+from jetdag.engine.subjects import HANDLER_RULE, is_handler_name, is_token, workflow_key
 
 
 class At(NamedTuple):
@@ -126,8 +126,9 @@ def as_str(value: object) -> str:
 
 
 def as_handler(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise WrongValue("a handler name", value)
+    # The handler is a token of the subject its tasks wait on (`jd.task.<queue>.<prio>.<handler>`).
+    if not isinstance(value, str) or not is_handler_name(value):
+        raise WrongValue(f"a handler name of {HANDLER_RULE}", value)
     return value
 
 

@@ -81,7 +81,7 @@ async def test_letters_are_newest_first_paged_and_filtered_by_queue(client: Clie
     runs = [await dead_run(client, key) for key in ("b", "c", "d")]
     for run_id in runs:
         await letter_of(client, run_id)
-    await client.js.publish(S.task_subject("default", 5), b"\xc1 not a task")  # the worker dead-letters it
+    await client.js.publish(S.task_subject("default", 5, "noop"), b"\xc1 not a task")  # the worker dead-letters it
     first = await client.dead_letters(queue="default", limit=2)
     assert [letter["run"] for letter in first["letters"]] == runs[::-1][:2] and first["next"] is not None
     rest = await client.dead_letters(queue="default", limit=2, before=first["next"])

@@ -120,12 +120,11 @@ async def test_a_redelivered_task_of_a_stale_attempt_is_acked_without_running(na
         reply = S.event_subject(S.partition_of(run_id), run_id)
         for attempt in (1, 2):
             task = TaskMessage(run_id, spec.name, "a", attempt, "t_fence_count", None, {}, reply, queue=queue)
-            await js.publish(
-                S.task_subject(queue, 5), encode_task(task), headers={MSG_ID: f"{run_id}:a:{attempt}:task"}
-            )
+            subject = S.task_subject(queue, 5, "t_fence_count")
+            await js.publish(subject, encode_task(task), headers={MSG_ID: f"{run_id}:a:{attempt}:task"})
         # Both are delivered once and handed back, as if their worker had died: the next delivery is the second.
-        await js.add_consumer(S.TASKS, config=task_consumer_config(queue, 5))
-        sub = await js.pull_subscribe_bind(durable=S.task_consumer(queue, 5), stream=S.TASKS)
+        await js.add_consumer(S.TASKS, config=task_consumer_config(queue, 5, "t_fence_count"))
+        sub = await js.pull_subscribe_bind(durable=S.task_consumer(queue, 5, "t_fence_count"), stream=S.TASKS)
         for msg in await sub.fetch(2, timeout=5):
             assert msg.metadata.num_delivered == 1
             await msg.nak()

@@ -40,7 +40,7 @@ async def test_garbage_on_a_task_subject_is_dead_lettered_and_the_worker_goes_on
     client: Client, system: System, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger=REJECTS_LOG)
-    subject = S.task_subject("default", 5)
+    subject = S.task_subject("default", 5, "noop")
     await client.js.publish(subject, b"\xc1\xc1 not a task")
     [letter] = await letters_for(client.js, subject, 1)
     assert letter.data == b"\xc1\xc1 not a task"
@@ -52,7 +52,7 @@ async def test_garbage_on_a_task_subject_is_dead_lettered_and_the_worker_goes_on
 
 
 async def test_a_task_message_with_a_wrong_shape_is_rejected_with_what_is_wrong(client: Client) -> None:
-    subject = S.task_subject("default", 5)
+    subject = S.task_subject("default", 5, "noop")
     run = new_run_id()
     wrong_version = msgpack.packb({"v": 7, "run": run, "task": "a"})
     bad_reply = msgpack.packb(

@@ -14,7 +14,6 @@ from jetdag.actors.system import System
 from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
 from jetdag.engine.handlers import TaskContext, handler
-from jetdag.engine.model import RetryPolicy, TaskSpec, WorkflowSpec
 from tests.helpers import eventually
 
 _order: list[Any] = []
@@ -115,20 +114,6 @@ async def test_a_task_shows_as_running_on_its_worker_while_its_handler_works(sys
     release.set()
     view = await client.wait(run_id, timeout=10)
     assert (view["status"], view["tasks"]["t_worker_gate"]["result"]) == ("succeeded", "let through")
-
-
-async def test_a_handler_unknown_to_the_worker_fails_the_task_naming_it(client: Client) -> None:
-    spec = WorkflowSpec(
-        "t_worker_unknown_wf",
-        (TaskSpec("mystery", "t_worker_nobody_has_this"),),
-        retry=RetryPolicy(max_attempts=1),
-    )
-    await client.apply(spec)
-    view = await client.wait(await client.submit(spec.name), timeout=10)
-    assert view["status"] == "failed"
-    task = view["tasks"]["mystery"]
-    assert (task["status"], task["attempts"]) == ("failed", 1)
-    assert "'t_worker_nobody_has_this' is not registered" in task["error"]
 
 
 async def test_the_worker_heartbeats_its_queues_and_handlers(system: System, client: Client) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import msgpack
 import pytest
 
@@ -34,7 +36,7 @@ def test_a_task_message_round_trips_and_uses_short_names_on_the_wire() -> None:
     msg = TaskMessage("R1", "etl", "a", 1, "command", {"argv": ["true"]}, {"p": 1}, SUBJECT, 30.0, "io", 7)
     data = encode_task(msg)
     assert msgpack.unpackb(data)["run"] == "R1"
-    assert decode_task("jd.task.io.7", data) == msg
+    assert decode_task("jd.task.io.7.command", data) == msg
 
 
 BAD = [
@@ -60,8 +62,15 @@ def test_malformed_events_are_rejected_with_a_reason(data: bytes, reason: str) -
 def test_a_task_message_with_a_foreign_reply_subject_is_rejected() -> None:
     msg = TaskMessage("R1", "etl", "a", 1, "noop", None, {}, "somewhere.else")
     with pytest.raises(MessageRejected, match="reply subject"):
-        decode_task("jd.task.default.5", encode_task(msg))
+        decode_task("jd.task.default.5.noop", encode_task(msg))
 
 
 def test_dedupe_ids_name_what_a_message_means() -> None:
     assert msg_id("R1", "a", 2, "result") == "R1:a:2:result"
+
+
+def test_a_task_message_on_the_subject_of_another_handler_is_rejected() -> None:
+    msg = TaskMessage("R1", "etl", "a", 1, "etl.load", None, {}, SUBJECT)
+    assert decode_task("jd.task.default.5.etl:load", encode_task(msg)) == msg  # a dot is ':' in the token
+    with pytest.raises(MessageRejected, match=re.escape("handler 'etl.load' on the subject of handler 'noop'")):
+        decode_task("jd.task.default.5.noop", encode_task(msg))

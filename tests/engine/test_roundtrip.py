@@ -74,7 +74,7 @@ spaced_names = st.lists(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9.']{0,6}", fullmatc
 task_names = st.from_regex(r"[a-z][a-z0-9_:-]{0,8}", fullmatch=True)
 handlers = st.one_of(
     st.sampled_from(["command", "noop", "sleep", "http", "etl.load"]),
-    st.text(min_size=1, max_size=10).filter(str.strip),
+    st.from_regex(r"[A-Za-z0-9_-]{1,6}(\.[A-Za-z0-9_-]{1,4}){0,2}", fullmatch=True),
 )
 queues = st.one_of(st.sampled_from(["default", "etl", "gpu"]), st.from_regex(r"[A-Za-z0-9_-]{1,8}", fullmatch=True))
 template_texts = st.one_of(

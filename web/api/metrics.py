@@ -22,6 +22,7 @@ from litestar.datastructures import State
 from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
 from jetdag.engine.errors import AuditError, AuditUnavailable
+from jetdag.engine.workers import served, unserved_reason
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -127,26 +128,42 @@ async def _durations(client: Client) -> Family:
     )
 
 
-async def _consumers(client: Client) -> tuple[Family, Family]:
-    depth = Family("jetdag_queue_depth", "gauge", "Tasks waiting in JD_TASKS per queue (num_pending, all priorities).")
+async def _consumers(client: Client, serving: set[tuple[str, str]] | None) -> list[Family]:
+    depth = Family("jetdag_queue_depth", "gauge", "Tasks waiting in JD_TASKS per queue (all priorities and handlers).")
+    unserved = Family(
+        "jetdag_tasks_unserved",
+        "gauge",
+        "Tasks waiting for a handler of a queue that no live worker has (alert on it with a `for:` of a minute).",
+    )
     lag = Family(
         "jetdag_consumer_lag",
         "gauge",
         "Messages of JD_EVENTS not yet delivered to the partition and auditor consumers (num_pending).",
     )
-    per_queue: Counter[str] = Counter()
+    waiting: Counter[tuple[str, str]] = Counter()
+    consumed: set[str] = set()
     for info in await client.js.consumers_info(S.TASKS):
         subject = (info.config.filter_subject if info.config else None) or ""
-        parts = subject.split(".")  # jd.task.<queue>.<prio>
-        if len(parts) == 4 and parts[:2] == ["jd", "task"]:
-            per_queue[parts[2]] += info.num_pending or 0
+        if (route := S.task_route(subject)) is not None:
+            waiting[route[0], route[2]] += info.num_pending or 0
+            consumed.add(subject)
+    # A handler no worker ever had has no consumer: its tasks are counted on their subjects.
+    stream = await client.js.stream_info(S.TASKS, subjects_filter="jd.task.>")
+    for subject, n in (stream.state.subjects or {}).items():
+        if subject not in consumed and (route := S.task_route(subject)) is not None:
+            waiting[route[0], route[2]] += n
+    per_queue: Counter[str] = Counter()
+    for (queue, handler), n in sorted(waiting.items()):
+        per_queue[queue] += n
+        if n and serving is not None and unserved_reason(queue, handler, serving) is not None:
+            unserved.add(n, queue=queue, handler=handler)
     for queue, n in sorted(per_queue.items()):
         depth.add(n, queue=queue)
     for info in await client.js.consumers_info(S.EVENTS):
         if info.name == S.AUDITOR_CONSUMER or info.name.startswith("jd_part_"):
             lag.add(info.num_pending or 0, consumer=info.name)
     lag.samples.sort(key=lambda s: s[1]["consumer"])
-    return depth, lag
+    return [depth, *([unserved] if serving is not None else []), lag]
 
 
 def _sse_clients(state: State) -> int:
@@ -192,18 +209,21 @@ async def gather(client: Client, state: State) -> tuple[list[Family], list[str]]
             notes.append(f"jetdag_task_duration_seconds left out: {exc}")
     else:
         notes.append("jetdag_task_duration_seconds left out: it needs the audit log")
+    serving: set[tuple[str, str]] | None = None
     try:
-        families += list(await _consumers(client))
-    except Exception as exc:  # JetStream not answering: report the rest
-        notes.append(f"jetdag_queue_depth and jetdag_consumer_lag left out: {type(exc).__name__}: {exc}")
-    try:
-        workers = Counter(str(w["state"]) for w in await client.workers())
+        workers = await client.workers()
+        serving = served(workers)
+        by_state = Counter(str(w["state"]) for w in workers)
         worker_family = Family("jetdag_workers", "gauge", "Workers by heartbeat: alive or presumed dead.")
         for status in ("alive", "presumed dead"):
-            worker_family.add(workers.get(status, 0), state=status)
+            worker_family.add(by_state.get(status, 0), state=status)
         families.append(worker_family)
     except Exception as exc:
-        notes.append(f"jetdag_workers left out: {type(exc).__name__}: {exc}")
+        notes.append(f"jetdag_workers and jetdag_tasks_unserved left out: {type(exc).__name__}: {exc}")
+    try:
+        families += await _consumers(client, serving)
+    except Exception as exc:  # JetStream not answering: report the rest
+        notes.append(f"jetdag_queue_depth and jetdag_consumer_lag left out: {type(exc).__name__}: {exc}")
     sse = Family("jetdag_sse_clients", "gauge", "Dashboard clients on the live stream (SSE).")
     families.append(sse.add(_sse_clients(state)))
     return families, notes

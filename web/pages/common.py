@@ -98,6 +98,8 @@ async def load_run(client: Client, run_id: str) -> tuple[dict[str, Any] | None, 
             spec, _ = await client.defs.get(view["workflow"], revision=view["version"] or None)
         except NotFound:
             spec = None
+    if spec is not None:
+        await client.say_unserved(view, spec)
     return view, spec
 
 
@@ -157,6 +159,7 @@ def run_context(
                 "duration": duration(t.get("started_at"), t.get("finished_at"), now),
                 "worker": t.get("worker") or "",
                 "error": t.get("error") or "",
+                "waiting": t.get("waiting") or "",
                 "tail": tail(t.get("result")),
                 "progress": progress_view(p) if current else None,
                 "ignore": ("resume" if failed_run else "ignore") if ignorable else None,
