@@ -829,4 +829,8 @@ def cli() -> None:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    main(default_map=defaults)
+    try:
+        main(default_map=defaults)
+    except JetdagError as exc:  # raised before a command's own handling began (finding the stack, say)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

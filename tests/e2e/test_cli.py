@@ -115,6 +115,14 @@ def failed_run(up: Up) -> tuple[str, subprocess.CompletedProcess[str]]:
 # --- definitions ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("role", ["worker", "engine", "web"])
+def test_a_role_without_a_stack_to_join_says_what_to_start(tmp_path: Path, role: str) -> None:
+    done = jetdag(role, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: no running jetdag found in .jetdag: start `jetdag up`"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_validate_accepts_a_good_definition(tmp_path: Path) -> None:
     write(tmp_path / "diamond.yaml", DIAMOND)
     done = jetdag("validate", "diamond.yaml", cwd=tmp_path)
