@@ -35,7 +35,7 @@ from jetdag.engine import subjects as S
 from jetdag.engine.events import TaskFailed
 from jetdag.engine.messages import MSG_ID, encode_event, msg_id
 from jetdag.engine.nats.publisher import Publisher, acked
-from jetdag.engine.workers import dead_after, running_tasks
+from jetdag.engine.workers import RunningTask, dead_after, running_tasks
 
 log = logging.getLogger(__name__)
 
@@ -149,18 +149,9 @@ class Reaper:
 
     async def reap(self, worker_id: str, info: dict[str, Any], silent_for: float) -> int:
         """Publish a retryable failure of every attempt `info` lists as running; how many there were."""
-        tasks = running_tasks(info)
         host = info.get("host") or "an unknown host"
         error = f"worker {worker_id} on {host} presumed dead (no heartbeat for {silent_for:.1f}s)"
-        futures = []
-        for t in tasks:
-            event = TaskFailed(
-                t.run, t.task, t.attempt, time.time(), error, worker_id, retryable=True,
-                details={"reaped_by": self.engine_id, "last_beat": info.get("beat"), "host": info.get("host")},
-            )  # fmt: skip
-            headers = {MSG_ID: msg_id(t.run, t.task, t.attempt, "reaped")}
-            futures.append(await self.publisher.publish(t.reply, encode_event(event), headers))
-        await acked(futures)
+        tasks = await fail_running(self.publisher, worker_id, info, error, reaped_by=self.engine_id)
         self.reaped += 1
         if tasks:
             names = ", ".join(f"{t.run}/{t.task}#{t.attempt}" for t in tasks)
@@ -168,3 +159,22 @@ class Reaper:
         else:
             log.info("%s: it was running nothing", error)
         return len(tasks)
+
+
+async def fail_running(
+    publisher: Publisher, worker_id: str, info: dict[str, Any], error: str, **details: Any
+) -> list[RunningTask]:
+    """Publish a retryable `task.failed` of every attempt the heartbeat `info` lists as running, and wait for
+    JetStream to store them. The dedupe id is the same whoever fails an attempt (two reapers, or a reaper and
+    the worker that replaced the dead one), so each attempt is failed once."""
+    tasks = running_tasks(info)
+    futures = []
+    for t in tasks:
+        event = TaskFailed(
+            t.run, t.task, t.attempt, time.time(), error, worker_id, retryable=True,
+            details={**details, "last_beat": info.get("beat"), "host": info.get("host")},
+        )  # fmt: skip
+        headers = {MSG_ID: msg_id(t.run, t.task, t.attempt, "reaped")}
+        futures.append(await publisher.publish(t.reply, encode_event(event), headers))
+    await acked(futures)
+    return tasks

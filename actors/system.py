@@ -53,6 +53,7 @@ class System:
         retention_days: float = 90.0,
         audit_export_to: Path | None = None,
         heartbeat: float = HEARTBEAT,
+        worker_id: str | None = None,
         clock: Callable[[], float] = time.time,
         file_settle: float = 1.0,
     ) -> None:
@@ -61,6 +62,7 @@ class System:
         self.engine_id = engine_id or f"{socket.gethostname()}-{os.getpid()}"
         self.idle_timeout, self.drain_timeout = idle_timeout, drain_timeout
         self.heartbeat = heartbeat
+        self.worker_id = worker_id
         self.clock = clock
         """What the scheduler takes for now (tests move it; everything else keeps real time)."""
         self.file_settle = file_settle
@@ -97,7 +99,7 @@ class System:
         if self.queues:
             self.worker = Worker(
                 self.nc, js, self.queues, concurrency=self.concurrency, drain_timeout=self.drain_timeout,
-                heartbeat=self.heartbeat,
+                heartbeat=self.heartbeat, worker_id=self.worker_id,
             )  # fmt: skip
             self._spawn(self.worker.run(), "worker")
         waits = [role.ready.wait() for role in (self.engine, self.auditor) if role is not None]

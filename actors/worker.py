@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from jetdag.engine import builtins as _builtins  # noqa: F401  (registers noop, sleep, command, http)
@@ -38,6 +39,7 @@ from jetdag.engine.nats.setup import farewell
 from jetdag.engine.stores.runs import RunStore
 from jetdag.engine.workers import HEARTBEAT, RunningTask, superseded
 
+from .reaper import fail_running
 from .rejects import reject
 from .supervisor import cancel
 
@@ -138,6 +140,7 @@ class Worker:
 
     async def run(self) -> None:
         self._runs = await RunStore.open(self.nc, self.js)
+        await self._replace_predecessor()
         await self._look()
         # The doorbell: core NATS sees every publish to the queue, so an idle worker wakes at once.
         bells = [await self.nc.subscribe(f"jd.task.{q}.>", cb=self._ring) for q in self.queues]
@@ -181,6 +184,27 @@ class Worker:
             self._fetchers[route] = fetcher
             self._maybe.add(route)
             self._fresh.add(route)
+
+    async def _replace_predecessor(self) -> None:
+        """A worker started under the id of one that died (a pod's name, fib-flow's pod_id) takes its place at
+        once: the attempts the other last said it ran are failed for retry now, not after three missed beats.
+        The id must be unique among live workers: the other's late results are recorded and not applied."""
+        try:
+            entry = await (await self.js.key_value(S.WORKERS_KV)).get(self.id)
+        except KeyNotFoundError:
+            return
+        try:
+            info = msgpack.unpackb(entry.value or b"", raw=False)
+        except Exception:  # not a heartbeat: there is nothing to take over
+            return
+        if not isinstance(info, dict):
+            return
+        host = info.get("host") or "an unknown host"
+        error = f"worker {self.id} on {host} was replaced by a new worker of the same id"
+        tasks = await fail_running(
+            self.publisher, self.id, info, error, replaced_by=f"{socket.gethostname()}-{os.getpid()}"
+        )
+        log.warning("%s: failed %d attempt(s) it ran for retry", error, len(tasks))
 
     async def _leave(self) -> None:
         await (await self.js.key_value(S.WORKERS_KV)).delete(self.id)

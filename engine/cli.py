@@ -112,6 +112,7 @@ def main(log_level: str) -> None:
 @replicas_opt
 @opt("--no-examples", is_flag=True, help="Do not load the example workflows.")
 @opt("--queue", "queues", multiple=True, default=["default"], show_default=True, help="Queues the worker serves.")
+@opt("--import", "imports", multiple=True, help="Module(s) whose @handler functions the worker runs.")
 @opt("--concurrency", default=32, show_default=True, help="Tasks the worker runs at once.")
 @opt("--durability", type=click.Choice(["fast", "strict"]), default="fast", show_default=True,
      help="strict: fsync every write (sync_interval always); fast: the server default.")  # fmt: skip
@@ -144,9 +145,11 @@ def engine(nats: str | None, data: Path, engine_id: str | None, replicas: int) -
 @replicas_opt
 @opt("--heartbeat", default=HEARTBEAT, show_default=True, type=click.FloatRange(min=MIN_INTERVAL),
      help="Seconds between heartbeats; after 3 missed ones the engines presume this worker dead.")  # fmt: skip
+@opt("--worker-id", help="Names this worker (default host-pid-random); a worker started with the id of a dead one "
+     "replaces it at once (a pod's name).")  # fmt: skip
 def worker(
     nats: str | None, data: Path, queues: tuple[str, ...], imports: tuple[str, ...], concurrency: int, replicas: int,
-    heartbeat: float,
+    heartbeat: float, worker_id: str | None,
 ) -> None:  # fmt: skip
     """The worker role alone: pulls tasks of its queues and runs their handlers."""
     from jetdag.engine.launch import import_handlers, serve_roles
@@ -155,7 +158,13 @@ def worker(
     url = find_nats(nats, data)
     run_async(
         serve_roles(
-            url, engine=False, queues=list(queues), concurrency=concurrency, replicas=replicas, heartbeat=heartbeat
+            url,
+            engine=False,
+            queues=list(queues),
+            concurrency=concurrency,
+            replicas=replicas,
+            heartbeat=heartbeat,
+            worker_id=worker_id,
         )
     )
 

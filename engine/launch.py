@@ -67,6 +67,7 @@ async def serve_roles(
     audit_export_to: Path | None = None,
     replicas: int = 1,
     heartbeat: float = HEARTBEAT,
+    worker_id: str | None = None,
 ) -> int:
     """Run the engine, a worker and/or the auditor until SIGINT/SIGTERM."""
     tune_gc()
@@ -75,7 +76,7 @@ async def serve_roles(
     async with System(
         url, engine=engine, queues=queues, concurrency=concurrency, engine_id=engine_id, audit=audit,
         retention_days=retention_days, audit_export_to=audit_export_to, topology=Topology(replicas=replicas),
-        heartbeat=heartbeat,
+        heartbeat=heartbeat, worker_id=worker_id,
     ) as system:  # fmt: skip
         role = "engine" if engine else f"worker for {', '.join(queues)}" if queues else f"auditor of {audit}"
         click.echo(f"jetdag {role} connected to {url}; stop with Ctrl-C", err=True)
@@ -186,8 +187,10 @@ async def run_up(
     durability: str,
     retention_days: float,
     replicas: int = 1,
+    imports: tuple[str, ...] = (),
 ) -> int:
     """Embedded NATS (unless --nats), engine, worker and web in one process tree, until a signal."""
+    import_handlers(imports)
     if replicas > 1 and nats is None:  # the embedded server is one node: it cannot hold a second copy
         raise ConfigError(f"--replicas {replicas} needs a NATS cluster: pass --nats URL of one (see deploy/nats/)")
     home = DataDir(data)

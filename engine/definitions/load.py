@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
-import itertools
 import sys
 import traceback
 from collections.abc import Iterable
@@ -18,8 +18,6 @@ from jetdag.engine.definitions.tomlfile import read_toml
 from jetdag.engine.definitions.yamlfile import read_yaml
 from jetdag.engine.errors import DefinitionError, DefinitionErrors, DefinitionWarning
 from jetdag.engine.model import WorkflowSpec
-
-_module_ids = itertools.count(1)
 
 
 class Validated(NamedTuple):
@@ -131,11 +129,17 @@ def _warning_as_given(warning: DefinitionWarning, path: Path, shown: str) -> Def
 
 
 def _import(path: Path, shown: str) -> ModuleType:
-    name = f"jetdag_definition_{next(_module_ids)}"
+    # One module name per file: imported again (`up --workflows` following its change), its @handler functions
+    # are the same `def`s seen again and replace the old ones, instead of clashing with them.
+    name = f"jetdag_definition_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]}"
     spec = importlib.util.spec_from_file_location(name, shown)
     if spec is None or spec.loader is None:
         raise DefinitionErrors([DefinitionError(shown, 1, 1, "cannot import: not a Python source file")])
     module = importlib.util.module_from_spec(spec)
+    # Its folder on the path, as `python file.py` would have it: it may import its neighbours.
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     # Registered while it runs, as a normal import would be: dataclasses and pickling look it up.
     sys.modules[name] = module
     try:

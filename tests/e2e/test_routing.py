@@ -6,6 +6,7 @@ test's handlers, a `jetdag worker` process only the built-in ones.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -21,8 +22,8 @@ from jetdag.engine.handlers import TaskContext, handler
 from jetdag.engine.model import RetryPolicy, TaskSpec, WorkflowSpec
 from jetdag.engine.workers import served
 from jetdag.web.api.metrics import _consumers
-from tests.e2e.up_process import JETDAG, clean_env
-from tests.helpers import eventually
+from tests.e2e.up_process import JETDAG, clean_env, start_up, stop_up, write
+from tests.helpers import eventually, eventually_sync
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUE = "t_route_q"
@@ -108,3 +109,62 @@ async def test_a_task_no_live_worker_can_run_waits_and_says_why(
     handler("t_route_late")(add)
     done = await client.wait(run_id, timeout=20)
     assert (done["status"], done["tasks"]["t"]["attempts"], done["tasks"]["t"]["result"]) == ("succeeded", 1, 3)
+
+
+MYMOD = """
+from jetdag.engine.handlers import handler
+
+
+@handler("t_up_imported")
+def imported(ctx):
+    return ctx.payload["a"] * 2
+"""
+
+FLOW = """
+from jetdag.engine.handlers import handler
+from jetdag.engine.workflow import Task, Workflow
+
+from neighbour import FACTOR  # beside this file: importable as `python flow.py` would have it
+
+
+@handler("t_up_from_flow")
+def scaled(ctx):
+    return ctx.payload["a"] * FACTOR
+
+
+wf = Workflow(name="t_up_flow")
+wf.add(Task("scale", handler=scaled, payload={"a": 2}, max_retries=0))
+"""
+
+IMPORTED = """
+name: t_up_imported_wf
+tasks:
+  - {name: double, handler: t_up_imported, payload: {a: 21}, max_retries: 0}
+"""
+
+
+def test_up_serves_the_handlers_of_import_and_of_its_python_workflows(tmp_path: Path) -> None:
+    write(tmp_path / "mymod.py", MYMOD)
+    (tmp_path / "flows").mkdir()
+    write(tmp_path / "flows" / "neighbour.py", "FACTOR = 7\n")
+    write(tmp_path / "flows" / "flow.py", FLOW)
+    write(tmp_path / "imported.yaml", IMPORTED)
+    up = start_up(tmp_path, False, "--import", "mymod", "--workflows", "flows")
+    try:
+        assert up.cli("apply", "imported.yaml").returncode == 0
+        for workflow, result in (("t_up_imported_wf", 42), ("t_up_flow", 14)):
+            done = up.cli("submit", workflow, "--wait")
+            assert done.returncode == 0, done.stderr + up.log()
+            [task] = up.json("status", done.stdout.split()[0])["tasks"].values()
+            assert (task["attempts"], task["result"]) == (1, result)
+        # The file changes: `up` applies it again, and its handler's new code runs the new attempts.
+        write(tmp_path / "flows" / "flow.py", FLOW.replace("* FACTOR", "* FACTOR * 3"))
+
+        def new_code() -> bool:
+            done = up.cli("submit", "t_up_flow", "--wait")
+            assert done.returncode == 0, done.stderr + up.log()
+            return up.json("status", done.stdout.split()[0])["tasks"]["scale"]["result"] == 42
+
+        eventually_sync(new_code, timeout=20)
+    finally:
+        stop_up(up, signal.SIGTERM)

@@ -53,8 +53,9 @@ class Workers:
         self.url, self.logs = url, logs
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, heartbeat: float = BEAT) -> subprocess.Popen[bytes]:
+    def start(self, name: str, heartbeat: float = BEAT, worker_id: str | None = None) -> subprocess.Popen[bytes]:
         args = ["--log-level", "info", "worker", "--nats", self.url, "--queue", QUEUE, "--import", HANDLERS]
+        args += ["--worker-id", worker_id] if worker_id else []
         with (self.logs / f"worker-{name}.log").open("ab") as out:
             proc = subprocess.Popen(
                 [JETDAG, *args, "--heartbeat", str(heartbeat), "--concurrency", "4"],
@@ -224,3 +225,30 @@ async def test_jetdag_workers_lists_a_live_worker_with_its_queues_and_running_ta
 
 async def _none(value: Any) -> bool:
     return await value is None
+
+
+@pytest.mark.chaos
+async def test_a_worker_started_with_the_id_of_a_dead_one_takes_its_tasks_over_at_once(
+    client: Client, workers: Workers
+) -> None:
+    # Beats every 5 s: the reaper would wait 15 s; the new worker of the same id does not.
+    a = workers.start("a", heartbeat=5.0, worker_id="t-pod-0")
+    run_id = await client.submit("t_chaos_hold")
+    await eventually(lambda: running_on(client, a.pid, run_id), timeout=20)
+    a.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(a.wait, 10)
+    killed = time.monotonic()
+    b = workers.start("b", heartbeat=5.0, worker_id="t-pod-0")
+    view = await client.wait(run_id, timeout=20)
+    took = time.monotonic() - killed
+
+    task = view["tasks"]["hold"]
+    assert (view["status"], task["attempts"], task["result"]) == ("succeeded", 2, {"attempt": 2, "pid": b.pid})
+    assert took < 10, f"taken over after {took:.1f}s: the reaper alone takes 15 s"
+    [failure] = [
+        msgpack.unpackb(m.data, raw=False)
+        for m in await run_inputs(client.js, run_id)
+        if m.headers and m.headers[MSG_ID] == f"{run_id}:hold:1:reaped"
+    ]
+    assert "worker t-pod-0 on" in failure["error"] and "replaced by a new worker of the same id" in failure["error"]
+    assert await workers.stop("b") == 0, workers.log("b")
