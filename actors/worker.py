@@ -31,7 +31,7 @@ from jetdag.engine import builtins as _builtins  # noqa: F401  (registers noop, 
 from jetdag.engine import subjects as S
 from jetdag.engine.errors import MessageRejected
 from jetdag.engine.events import Event, TaskFailed, TaskStarted, TaskSucceeded
-from jetdag.engine.handlers import Fail, Handler, Retry, TaskContext, call, get_handler, registered
+from jetdag.engine.handlers import Fail, Handler, Retry, TaskContext, call, get_handler, handlers_version, registered
 from jetdag.engine.messages import MSG_ID, TaskMessage, decode_task, encode_event, msg_id, pack
 from jetdag.engine.nats.publisher import Publisher, acked
 from jetdag.engine.nats.pull import Fetcher
@@ -206,6 +206,17 @@ class Worker:
         )
         log.warning("%s: failed %d attempt(s) it ran for retry", error, len(tasks))
 
+    async def handlers_changed(self) -> None:
+        """After a reload: stop fetching the tasks of handlers gone from here (new ones are found as their tasks
+        come) and say the new handler set at the next beat, soon."""
+        for route in [r for r in self._fetchers if get_handler(r[2]) is None]:
+            fetcher = self._fetchers.pop(route)
+            self._maybe.discard(route)
+            await fetcher.stop()
+        self._looked = 0.0  # look for tasks of new handlers at the next idle moment
+        self._bell.set()
+        self._announce.set()
+
     async def _leave(self) -> None:
         await (await self.js.key_value(S.WORKERS_KV)).delete(self.id)
 
@@ -305,7 +316,8 @@ class Worker:
         """The map this worker puts into `jd_workers` (its shape is in `jetdag.engine.workers`)."""
         return {
             "v": 1, "id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
-            "handlers": registered(), "concurrency": self.concurrency, "interval": self.heartbeat,
+            "handlers": registered(), "handlers_version": handlers_version(),
+            "concurrency": self.concurrency, "interval": self.heartbeat,
             "running": [a.to_dict() for a in list(self.attempts.values())], "done": self.done_count,
             "started": self.started_at, "beat": time.time(),
         }  # fmt: skip

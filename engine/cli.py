@@ -145,11 +145,12 @@ def engine(nats: str | None, data: Path, engine_id: str | None, replicas: int) -
 @replicas_opt
 @opt("--heartbeat", default=HEARTBEAT, show_default=True, type=click.FloatRange(min=MIN_INTERVAL),
      help="Seconds between heartbeats; after 3 missed ones the engines presume this worker dead.")  # fmt: skip
+@opt("--reload", is_flag=True, help="Import the --import modules again when their files change (SIGHUP does too).")
 @opt("--worker-id", help="Names this worker (default host-pid-random); a worker started with the id of a dead one "
      "replaces it at once (a pod's name).")  # fmt: skip
 def worker(
     nats: str | None, data: Path, queues: tuple[str, ...], imports: tuple[str, ...], concurrency: int, replicas: int,
-    heartbeat: float, worker_id: str | None,
+    heartbeat: float, reload: bool, worker_id: str | None,
 ) -> None:  # fmt: skip
     """The worker role alone: pulls tasks of its queues and runs their handlers."""
     from jetdag.engine.launch import import_handlers, serve_roles
@@ -165,6 +166,8 @@ def worker(
             replicas=replicas,
             heartbeat=heartbeat,
             worker_id=worker_id,
+            imports=imports,
+            reload=reload,
         )
     )
 

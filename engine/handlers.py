@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,6 +139,40 @@ def get_handler(name: str) -> Handler | None:
 def registered() -> list[str]:
     """The names of all registered handlers, sorted."""
     return sorted(_registry)
+
+
+def unuse(name: str) -> None:
+    """Stop serving the handler `name` (nothing when it is not registered): a worker's running attempts of it
+    finish, and its tasks wait for a worker that still has it."""
+    _registry.pop(name, None)
+
+
+def snapshot() -> dict[str, Handler]:
+    """Every registered handler by name, for `restore`."""
+    return dict(_registry)
+
+
+def restore(saved: dict[str, Handler]) -> None:
+    """Register exactly the handlers of a `snapshot` again (a module that failed halfway through a reload)."""
+    _registry.clear()
+    _registry.update(saved)
+
+
+def handlers_of(module: str) -> dict[str, Handler]:
+    """The registered handlers defined in `module`, by name."""
+    return {name: fn for name, fn in _registry.items() if getattr(fn, "__module__", None) == module}
+
+
+def handlers_version() -> str:
+    """A short digest of the registered handlers and their code: it changes when a reload changes any of them,
+    so the Workers page shows which workers run which code."""
+    digest = hashlib.sha1()
+    for name in sorted(_registry):
+        fn = _registry[name]
+        code = getattr(fn, "__code__", None)
+        body = code.co_code + repr(code.co_consts).encode() if code is not None else repr(fn).encode()
+        digest.update(f"{name}={_origin(fn)}:".encode() + hashlib.sha1(body).digest())
+    return digest.hexdigest()[:8]
 
 
 def is_async(fn: Handler) -> bool:

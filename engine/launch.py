@@ -24,6 +24,7 @@ import click
 import uvicorn
 
 from jetdag.actors.system import System
+from jetdag.actors.worker import Worker
 from jetdag.engine.client import Client
 from jetdag.engine.definitions import validate_files
 from jetdag.engine.errors import ConfigError
@@ -32,6 +33,7 @@ from jetdag.engine.home import DataDir
 from jetdag.engine.model import WorkflowSpec
 from jetdag.engine.nats.server import NatsServer
 from jetdag.engine.nats.setup import Topology
+from jetdag.engine.reload import reload_modules, watch_modules
 from jetdag.engine.runtime import tune_gc
 from jetdag.engine.workers import HEARTBEAT
 from jetdag.web.app import create_app
@@ -68,8 +70,11 @@ async def serve_roles(
     replicas: int = 1,
     heartbeat: float = HEARTBEAT,
     worker_id: str | None = None,
+    imports: tuple[str, ...] = (),
+    reload: bool = False,
 ) -> int:
-    """Run the engine, a worker and/or the auditor until SIGINT/SIGTERM."""
+    """Run the engine, a worker and/or the auditor until SIGINT/SIGTERM; a worker reloads `imports` on SIGHUP
+    (and, with `reload`, when one of their files changes)."""
     tune_gc()
     stop = asyncio.Event()
     _stop_on_signals(stop)
@@ -80,8 +85,38 @@ async def serve_roles(
     ) as system:  # fmt: skip
         role = "engine" if engine else f"worker for {', '.join(queues)}" if queues else f"auditor of {audit}"
         click.echo(f"jetdag {role} connected to {url}; stop with Ctrl-C", err=True)
-        await _until(stop, system.wait())
+        reloading = None
+        if system.worker is not None and imports:
+            reloading = asyncio.create_task(_reload_on_demand(system.worker, imports, reload), name="reload")
+        try:
+            await _until(stop, system.wait())
+        finally:
+            if reloading is not None:
+                reloading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reloading
     return 0
+
+
+async def _reload_on_demand(worker: Worker, modules: tuple[str, ...], watch: bool) -> None:
+    """Import `modules` again on SIGHUP, and with `watch` when one of their files changes (README "Workers")."""
+    asked = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, asked.set)
+    watching = asyncio.create_task(watch_modules(modules, asked.set), name="reload watch") if watch else None
+    try:
+        while True:
+            await asked.wait()
+            asked.clear()
+            for outcome in reload_modules(modules):
+                click.echo(f"reload: {outcome}", err=True)
+            await worker.handlers_changed()
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
 
 
 async def _until(stop: asyncio.Event, *others: Awaitable[Any]) -> None:

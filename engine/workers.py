@@ -3,8 +3,8 @@
 A worker puts one msgpack map under its id every `interval` seconds (and soon after it starts a
 task, so a task that has just begun is already known if the worker dies before its next beat):
 
-    {"v": 1, "id", "host", "pid", "queues", "handlers", "concurrency", "interval", "started", "beat",
-     "done", "running": [{"run", "task", "attempt", "reply", "started"}, …]}
+    {"v": 1, "id", "host", "pid", "queues", "handlers", "handlers_version", "concurrency", "interval", "started",
+     "beat", "done", "running": [{"run", "task", "attempt", "reply", "started"}, …]}
 
 `beat`, `started` are epoch seconds. A worker that misses DEAD_AFTER_BEATS beats in a row is
 presumed dead: the engines' reaper fails each attempt it was running (a retryable failure, so the
@@ -89,6 +89,7 @@ def worker_view(info: dict[str, Any], now: float) -> dict[str, Any]:
         "pid": info.get("pid"),
         "queues": info.get("queues") or [],
         "handlers": info.get("handlers") or [],
+        "handlers_version": info.get("handlers_version"),
         "concurrency": info.get("concurrency"),
         "running": len(tasks),
         "tasks": tasks,
