@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetdag.engine import builtins as _builtins  # noqa: F401  (registers noop, sleep, command, http)
@@ -441,10 +441,15 @@ class Worker:
         ctx = TaskContext(
             run_id=task.run_id, workflow=task.workflow, task=task.task, attempt=task.attempt,
             payload=task.payload, params=task.params, info=task.info, job=task.job, emit=self._emitter(task),
+            last_checkpoint=await self._last_checkpoint(task) if task.attempt > 1 else None,
         )  # fmt: skip
         try:
             result = await asyncio.wait_for(call(fn, ctx), task.timeout)
+        except asyncio.CancelledError:
+            ctx.cancel()  # a sync handler's thread goes on: it can see this and stop
+            raise
         except TimeoutError as exc:
+            ctx.cancel()
             if task.timeout is None:
                 return _failure(task, exc, self.id)
             return TaskFailed(*args, now(), f"timed out after {task.timeout:g}s", self.id)
@@ -474,13 +479,27 @@ class Worker:
                 if not tries_left:
                     raise
 
+    async def _last_checkpoint(self, task: TaskMessage) -> dict[str, Any] | None:
+        """The data of the last checkpoint an earlier attempt of `task` saved: one read of JD_EVENTS, where each
+        task's checkpoints have a subject of their own."""
+        try:
+            msg = await self.js.get_msg(S.EVENTS, subject=S.checkpoint_subject(task.reply, task.task))
+            data = msgpack.unpackb(msg.data or b"", raw=False).get("data")
+        except NotFoundError:
+            return None
+        except Exception as exc:  # the attempt runs without it rather than not at all
+            log.warning("task %s/%s#%d: last checkpoint not readable: %s", task.run_id, task.task, task.attempt, exc)
+            return None
+        return data if isinstance(data, dict) else None
+
     def _emitter(self, task: TaskMessage) -> Any:
         loop = asyncio.get_running_loop()
-        subject = task.reply + ".info"
+        info, checkpoint = task.reply + ".info", S.checkpoint_subject(task.reply, task.task)
 
         def emit(kind: str, data: dict[str, Any]) -> None:
             body = {"v": 1, "k": kind, "run": task.run_id, "task": task.task, "attempt": task.attempt,
                     "ts": time.time(), "worker": self.id, "data": data}  # fmt: skip
+            subject = checkpoint if kind == "task.checkpoint" else info
             loop.call_soon_threadsafe(self._spawn, self.nc.publish(subject, pack(body)))
 
         return emit

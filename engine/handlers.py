@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -72,6 +73,21 @@ class TaskContext:
     """flowlord's job name (`task = "topic:job"`), for handlers that serve several jobs of one topic."""
     emit: Emit = field(default=_no_emit, repr=False, compare=False)
     """Publishes a task-scoped event `(kind, data)`; set by the worker, callable from any thread."""
+    last_checkpoint: dict[str, Any] | None = None
+    """What an earlier attempt of this task last saved with `checkpoint(...)`, to resume from; None on a first
+    attempt, or when no attempt saved one."""
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the attempt should stop: its run was cancelled, or its timeout passed. An async handler is
+        cancelled where it awaits; a sync one (it runs on a thread, which nothing can stop) should look at this
+        between steps and return."""
+        return self._stop.is_set()
+
+    def cancel(self) -> None:
+        """Set `cancelled` (the worker does, on an interrupt or a timeout)."""
+        self._stop.set()
 
     def progress(
         self,
@@ -88,7 +104,8 @@ class TaskContext:
         self.emit("task.audit", data)
 
     def checkpoint(self, **data: Any) -> None:
-        """Save `data` as a `task.checkpoint` event, so a later attempt can resume from it."""
+        """Save `data` as a `task.checkpoint` event: a later attempt of this task gets the last one as
+        `last_checkpoint` and can resume from there."""
         self.emit("task.checkpoint", data)
 
 

@@ -89,6 +89,12 @@ def event_subject(partition: int, run_id: str) -> str:
     return f"jd.evt.{partition}.{run_id}"
 
 
+def checkpoint_subject(reply: str, task: str) -> str:
+    """Where a task's checkpoints go (`reply` is its run's `event_subject`): a subject per task, so that the
+    last one is one read away for the next attempt; inside `jd.evt.>`, outside the partition's filter."""
+    return f"{reply}.checkpoint.{task}"
+
+
 def step_subject(partition: int, run_id: str) -> str:
     """What the engine decided for a run (transitions); outside the partition consumer's filter."""
     return f"jd.evt.{partition}.{run_id}.step"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
+import time
 from typing import Any
 
 import msgpack
@@ -14,6 +16,7 @@ from jetdag.actors.system import System
 from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
 from jetdag.engine.handlers import TaskContext, handler
+from jetdag.engine.model import RetryPolicy, TaskSpec, WorkflowSpec
 from tests.helpers import eventually
 
 _order: list[Any] = []
@@ -52,6 +55,27 @@ async def worker_gate(ctx: TaskContext) -> str:
     _events["gate started"].set()
     await _events["gate release"].wait()
     return "let through"
+
+
+@handler("t_worker_resumable")
+def resumable(ctx: TaskContext) -> dict[str, Any]:
+    start = (ctx.last_checkpoint or {}).get("done", 0)
+    for i in range(start, 10):
+        if ctx.attempt == 1 and i == 5:
+            raise RuntimeError("crashed halfway")
+        ctx.checkpoint(done=i + 1)
+    return {"attempt": ctx.attempt, "resumed_from": start}
+
+
+_stopped = threading.Event()
+
+
+@handler("t_worker_polite")
+def polite(ctx: TaskContext) -> None:
+    """A sync handler: its thread cannot be stopped from outside, so it looks at `ctx.cancelled`."""
+    while not ctx.cancelled:
+        time.sleep(0.01)  # wait-ok: a handler's simulated work
+    _stopped.set()
 
 
 async def tasks_in_stream(client: Client) -> int:
@@ -140,3 +164,23 @@ async def test_the_worker_heartbeats_its_queues_and_handlers(system: System, cli
 
 async def _equals(value: Any, expected: Any) -> bool:
     return await value == expected
+
+
+async def test_a_retried_attempt_resumes_from_the_last_checkpoint(client: Client) -> None:
+    spec = WorkflowSpec(
+        "t_worker_resume", (TaskSpec("t", "t_worker_resumable"),), retry=RetryPolicy(initial_delay=0.05, jitter=0)
+    )
+    await client.apply(spec)
+    view = await client.wait(await client.submit(spec.name), timeout=20)
+    assert view["status"] == "succeeded"
+    assert view["tasks"]["t"]["result"] == {"attempt": 2, "resumed_from": 5}
+
+
+async def test_a_sync_handler_sees_its_timeout_and_stops(client: Client) -> None:
+    spec = WorkflowSpec(
+        "t_worker_polite_wf", (TaskSpec("t", "t_worker_polite", timeout=0.3),), retry=RetryPolicy(max_attempts=1)
+    )
+    await client.apply(spec)
+    view = await client.wait(await client.submit(spec.name), timeout=20)
+    assert (view["status"], view["tasks"]["t"]["error"]) == ("failed", "timed out after 0.3s")
+    assert await asyncio.to_thread(_stopped.wait, 10)  # its thread ended, not left spinning

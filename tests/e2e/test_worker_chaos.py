@@ -20,6 +20,7 @@ import orjson
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
 
 from jetdag.actors.system import System
 from jetdag.actors.worker import ACK_WAIT
@@ -251,4 +252,33 @@ async def test_a_worker_started_with_the_id_of_a_dead_one_takes_its_tasks_over_a
         if m.headers and m.headers[MSG_ID] == f"{run_id}:hold:1:reaped"
     ]
     assert "worker t-pod-0 on" in failure["error"] and "replaced by a new worker of the same id" in failure["error"]
+    assert await workers.stop("b") == 0, workers.log("b")
+
+
+@pytest.mark.chaos
+async def test_a_task_killed_mid_way_resumes_from_its_checkpoint(client: Client, workers: Workers) -> None:
+    spec = WorkflowSpec(
+        "t_chaos_resume_wf", (TaskSpec("t", "t_chaos_resume", queue=QUEUE),),
+        retry=RetryPolicy(max_attempts=3, initial_delay=0.1, jitter=0.0),
+    )  # fmt: skip
+    await client.apply(spec)
+    a = workers.start("a")
+    run_id = await client.submit(spec.name)
+    reply = S.event_subject(S.partition_of(run_id), run_id)
+
+    async def checkpointed() -> bool:
+        try:
+            await client.js.get_msg(S.EVENTS, subject=S.checkpoint_subject(reply, "t"))
+        except NotFoundError:
+            return False
+        return True
+
+    await eventually(checkpointed, timeout=20)
+    b = workers.start("b")
+    await eventually(lambda: view_of(client, b.pid), timeout=20)
+    a.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(a.wait, 10)
+    view = await client.wait(run_id, timeout=20)
+    assert view["status"] == "succeeded"
+    assert view["tasks"]["t"]["result"] == {"attempt": 2, "resumed_from": {"rows": 300}}
     assert await workers.stop("b") == 0, workers.log("b")

@@ -21,3 +21,13 @@ async def hold(ctx: TaskContext) -> dict[str, Any]:
         while not release.exists():  # noqa: ASYNC110  (the test creates it from another process: no event)
             await asyncio.sleep(0.02)  # wait-ok: a handler's simulated work
     return {"attempt": ctx.attempt, "pid": os.getpid()}
+
+
+@handler("t_chaos_resume")
+async def resume(ctx: TaskContext) -> dict[str, Any]:
+    """Attempt 1 saves a checkpoint, then holds until its worker is killed; a later attempt says what it resumed
+    from."""
+    if ctx.attempt == 1:
+        ctx.checkpoint(rows=300)
+        await asyncio.Event().wait()  # never set: the attempt ends with its worker's kill -9
+    return {"attempt": ctx.attempt, "resumed_from": ctx.last_checkpoint}
