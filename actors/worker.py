@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import traceback
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
@@ -31,7 +31,17 @@ from jetdag.engine import builtins as _builtins  # noqa: F401  (registers noop, 
 from jetdag.engine import subjects as S
 from jetdag.engine.errors import MessageRejected
 from jetdag.engine.events import Event, TaskFailed, TaskStarted, TaskSucceeded
-from jetdag.engine.handlers import Fail, Handler, Retry, TaskContext, call, get_handler, handlers_version, registered
+from jetdag.engine.handlers import (
+    Fail,
+    Handler,
+    Retry,
+    TaskContext,
+    call,
+    get_handler,
+    handlers_version,
+    options_of,
+    registered,
+)
 from jetdag.engine.messages import MSG_ID, TaskMessage, decode_task, encode_event, msg_id, pack
 from jetdag.engine.nats.publisher import Publisher, acked
 from jetdag.engine.nats.pull import Fetcher
@@ -113,6 +123,9 @@ class Worker:
         self.drain_timeout = drain_timeout
         self.heartbeat = heartbeat
         self.running: dict[asyncio.Task[None], Msg] = {}
+        self._busy: Counter[str] = Counter()
+        """Attempts running now, by handler: a handler registered with a `concurrency` gets no more."""
+        self._handler_of: dict[asyncio.Task[None], str] = {}
         self.attempts: dict[asyncio.Task[None], RunningTask] = {}
         """The attempts running now, as the heartbeat names them."""
         self.skipped = 0
@@ -279,14 +292,20 @@ class Worker:
             for key in sorted(self._maybe, key=lambda k: -k[1]):
                 if self._stopping.is_set():
                     break
+                want = free - got
+                cap = options_of(key[2]).concurrency
+                if cap is not None:
+                    want = min(want, cap - self._busy[key[2]])
+                    if want <= 0:
+                        continue  # the handler's own limit: its tasks wait for one of its attempts to end
                 rings = self._rings.get(key, 0)
                 # A bell can ring before JetStream lets consumers see the message: linger briefly then.
                 linger = LINGER if key in fresh else 0.0
-                msgs = await self._fetchers[key].fetch(free - got, linger=linger, wait=1.0)
-                if len(msgs) < free - got and self._rings.get(key, 0) == rings:
+                msgs = await self._fetchers[key].fetch(want, linger=linger, wait=1.0)
+                if len(msgs) < want and self._rings.get(key, 0) == rings:
                     self._maybe.discard(key)  # empty, and nothing was published to it meanwhile
                 for msg in msgs:
-                    self._start(msg)
+                    self._start(msg, key[2])
                 got += len(msgs)
                 if got >= free:
                     break
@@ -301,16 +320,22 @@ class Worker:
                         with contextlib.suppress(Exception):  # NATS trouble: look again next time
                             await self._look()
 
-    def _start(self, msg: Msg) -> None:
+    def _start(self, msg: Msg, handler: str) -> None:
         task = asyncio.create_task(self._execute(msg))
         self.running[task] = msg
+        self._busy[handler] += 1
+        self._handler_of[task] = handler
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.running.pop(task, None)
         self.attempts.pop(task, None)
+        handler = self._handler_of.pop(task)
+        self._busy[handler] -= 1
         self.done_count += 1
         self._slot.set()
+        if options_of(handler).concurrency is not None:
+            self._bell.set()  # its waiting tasks may be fetched now
 
     def heartbeat_info(self) -> dict[str, Any]:
         """The map this worker puts into `jd_workers` (its shape is in `jetdag.engine.workers`)."""
@@ -443,16 +468,18 @@ class Worker:
             payload=task.payload, params=task.params, info=task.info, job=task.job, emit=self._emitter(task),
             last_checkpoint=await self._last_checkpoint(task) if task.attempt > 1 else None,
         )  # fmt: skip
+        # The task's own timeout, else its handler's (global < handler < task).
+        timeout = task.timeout if task.timeout is not None else options_of(task.handler).timeout
         try:
-            result = await asyncio.wait_for(call(fn, ctx), task.timeout)
+            result = await asyncio.wait_for(call(fn, ctx), timeout)
         except asyncio.CancelledError:
             ctx.cancel()  # a sync handler's thread goes on: it can see this and stop
             raise
         except TimeoutError as exc:
             ctx.cancel()
-            if task.timeout is None:
+            if timeout is None:
                 return _failure(task, exc, self.id)
-            return TaskFailed(*args, now(), f"timed out after {task.timeout:g}s", self.id)
+            return TaskFailed(*args, now(), f"timed out after {timeout:g}s", self.id)
         except Retry as r:
             return TaskFailed(*args, now(), r.reason or "retry requested", self.id, retry_delay=r.delay)
         except Fail as f:

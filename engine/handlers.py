@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from jetdag.engine.durations import parse_duration
 from jetdag.engine.subjects import HANDLER_RULE, is_handler_name
 
 Handler = Callable[["TaskContext"], Any]
@@ -25,6 +26,7 @@ Emit = Callable[[str, dict[str, Any]], None]
 H = TypeVar("H", bound=Handler)
 
 _registry: dict[str, Handler] = {}
+_options: dict[str, HandlerOptions] = {}
 
 
 class Retry(Exception):
@@ -124,14 +126,37 @@ def _same_function(a: Handler, b: Handler) -> bool:
     return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
-def handler(name: str) -> Callable[[H], H]:
+@dataclass(frozen=True, slots=True)
+class HandlerOptions:
+    """A handler's own defaults, given at registration and applied by the worker that runs it."""
+
+    timeout: float | None = None
+    """Seconds an attempt may take when its task sets no `timeout` (the task's own wins)."""
+    concurrency: int | None = None
+    """At most this many attempts of the handler at once on one worker (within the worker's own limit)."""
+
+
+_NO_OPTIONS = HandlerOptions()
+
+
+def handler(name: str, *, timeout: float | str | None = None, concurrency: int | None = None) -> Callable[[H], H]:
     """Register the decorated function (sync or async) as the handler `name`.
 
-    Registering the same function again (a module reload) is fine; another function under a taken
-    name raises ValueError naming both.
+    `timeout` (seconds or a duration like "5m") bounds its attempts whose task sets none; `concurrency` caps how
+    many of its attempts one worker runs at once (a GPU, a rate-limited API). Registering the same function
+    again (a module reload) is fine, and takes its new options; another function under a taken name raises
+    ValueError naming both.
     """
     if not isinstance(name, str) or not is_handler_name(name):
         raise ValueError(f"invalid handler name {name!r}: use {HANDLER_RULE}")
+    seconds = parse_duration(timeout) if isinstance(timeout, str) else timeout
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"handler {name!r}: timeout must be positive, got {timeout!r}")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise ValueError(f"handler {name!r}: concurrency must be a whole number of at least 1, got {concurrency!r}")
+    options = HandlerOptions(float(seconds) if seconds is not None else None, concurrency)
 
     def register(fn: H) -> H:
         existing = _registry.get(name)
@@ -141,6 +166,7 @@ def handler(name: str) -> Callable[[H], H]:
                 f"cannot register {_origin(fn)} under the same name"
             )
         _registry[name] = fn
+        _options[name] = options
         with contextlib.suppress(AttributeError):  # bound methods take no attributes; the registry is enough
             fn.__jetdag_handler__ = name  # type: ignore[attr-defined]
         return fn
@@ -153,6 +179,11 @@ def get_handler(name: str) -> Handler | None:
     return _registry.get(name)
 
 
+def options_of(name: str) -> HandlerOptions:
+    """The options `name` was registered with (the defaults for one registered without, or not at all)."""
+    return _options.get(name, _NO_OPTIONS)
+
+
 def registered() -> list[str]:
     """The names of all registered handlers, sorted."""
     return sorted(_registry)
@@ -162,17 +193,24 @@ def unuse(name: str) -> None:
     """Stop serving the handler `name` (nothing when it is not registered): a worker's running attempts of it
     finish, and its tasks wait for a worker that still has it."""
     _registry.pop(name, None)
+    _options.pop(name, None)
 
 
-def snapshot() -> dict[str, Handler]:
-    """Every registered handler by name, for `restore`."""
-    return dict(_registry)
+Registry = tuple[dict[str, Handler], dict[str, HandlerOptions]]
 
 
-def restore(saved: dict[str, Handler]) -> None:
+def snapshot() -> Registry:
+    """Every registered handler and its options by name, for `restore`."""
+    return dict(_registry), dict(_options)
+
+
+def restore(saved: Registry) -> None:
     """Register exactly the handlers of a `snapshot` again (a module that failed halfway through a reload)."""
+    handlers, options = saved
     _registry.clear()
-    _registry.update(saved)
+    _registry.update(handlers)
+    _options.clear()
+    _options.update(options)
 
 
 def handlers_of(module: str) -> dict[str, Handler]:

@@ -78,6 +78,25 @@ def polite(ctx: TaskContext) -> None:
     _stopped.set()
 
 
+_capped = {"now": 0, "max": 0}
+
+
+@handler("t_worker_capped", concurrency=2)
+async def capped(ctx: TaskContext) -> None:
+    _capped["now"] += 1
+    _capped["max"] = max(_capped["max"], _capped["now"])
+    try:
+        await asyncio.sleep(0.05)  # wait-ok: a handler's simulated work
+    finally:
+        _capped["now"] -= 1
+
+
+@handler("t_worker_slow_default", timeout="200ms")
+async def slow_by_default(ctx: TaskContext) -> str:
+    await asyncio.sleep(ctx.payload)  # wait-ok: a handler's simulated work
+    return "in time"
+
+
 async def tasks_in_stream(client: Client) -> int:
     return (await client.js.stream_info(S.TASKS)).state.messages
 
@@ -184,3 +203,27 @@ async def test_a_sync_handler_sees_its_timeout_and_stops(client: Client) -> None
     view = await client.wait(await client.submit(spec.name), timeout=20)
     assert (view["status"], view["tasks"]["t"]["error"]) == ("failed", "timed out after 0.3s")
     assert await asyncio.to_thread(_stopped.wait, 10)  # its thread ended, not left spinning
+
+
+async def test_a_handlers_concurrency_caps_its_attempts_on_a_worker(client: Client) -> None:
+    spec = WorkflowSpec("t_worker_capped_wf", tuple(TaskSpec(f"t{i}", "t_worker_capped") for i in range(12)))
+    await client.apply(spec)
+    assert (await client.wait(await client.submit(spec.name), timeout=20))["status"] == "succeeded"
+    assert _capped["max"] == 2  # the worker runs 16 at once, this handler 2
+
+
+async def test_a_handlers_timeout_applies_unless_the_task_sets_its_own(client: Client) -> None:
+    by_handler = WorkflowSpec(
+        "t_worker_default_timeout", (TaskSpec("t", "t_worker_slow_default", payload=1.0),),
+        retry=RetryPolicy(max_attempts=1),
+    )  # fmt: skip
+    by_task = WorkflowSpec(
+        "t_worker_own_timeout", (TaskSpec("t", "t_worker_slow_default", payload=0.3, timeout=5),),
+        retry=RetryPolicy(max_attempts=1),
+    )  # fmt: skip
+    for spec in (by_handler, by_task):
+        await client.apply(spec)
+    first = await client.wait(await client.submit(by_handler.name), timeout=20)
+    assert first["tasks"]["t"]["error"] == "timed out after 0.2s"
+    second = await client.wait(await client.submit(by_task.name), timeout=20)
+    assert second["tasks"]["t"]["result"] == "in time"

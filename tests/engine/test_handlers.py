@@ -479,3 +479,12 @@ async def test_http_timeout_is_retryable(server: str) -> None:
 async def test_http_rejects_bad_payloads(payload: Any, match: str) -> None:
     with pytest.raises(Fail, match=match):
         await call(builtins.http, _ctx(payload))
+
+
+def test_handler_options_are_checked_at_registration() -> None:
+    with pytest.raises(ValueError, match="handler 't_opts': timeout must be positive, got 0"):
+        handler("t_opts", timeout=0)
+    with pytest.raises(ValueError, match="handler 't_opts': concurrency must be a whole number of at least 1"):
+        handler("t_opts", concurrency=0)
+    with pytest.raises(ValueError, match="invalid duration"):
+        handler("t_opts", timeout="soon")
