@@ -6,11 +6,13 @@ import asyncio
 import logging
 import time
 import zlib
+from dataclasses import replace
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from jetdag.engine import subjects as S
+from jetdag.engine.blobs import BLOB_ABOVE, Blobs, blob_name
 from jetdag.engine.errors import NotFound, StaleOwner
 from jetdag.engine.events import (
     Command,
@@ -238,9 +240,24 @@ class RunActor:
                         encode_task(task),
                         "task",
                     )
-                    if len(data) > self.ctx.nc.max_payload - HEADROOM:
+                    if len(data) > BLOB_ABOVE and cmd.payload is not None:
+                        # A large rendered payload travels by reference; the worker resolves it (engine/blobs.py).
+                        name = blob_name(run, cmd.task, cmd.attempt, "payload")
+                        try:
+                            ref = await Blobs(self.ctx.js).put(name, cmd.payload)
+                            data = encode_task(replace(task, payload=ref))
+                        except Exception as exc:  # the attempt fails (and is retried), never the step
+                            why = f"its {len(data):,}-byte payload could not be stored in {S.BLOBS}: {exc}"
+                            subject, data, kind = reply, self._failed(cmd, why, retryable=True), "result"
+                    if kind == "task" and len(data) > self.ctx.nc.max_payload - HEADROOM:
                         # It can never be sent: answer the attempt with its failure, not fail the step for good.
-                        subject, data, kind = reply, self._too_big(cmd, len(data)), "result"
+                        limit = self.ctx.nc.max_payload
+                        why = (
+                            f"the task message is {len(data):,} bytes, over NATS's max_payload ({limit:,} bytes), "
+                            f"with its payload in {S.BLOBS}: the run's params are too large; pass large inputs by "
+                            "reference (a path or URL)"
+                        )
+                        subject, data, kind = reply, self._failed(cmd, why, retryable=False), "result"
                 case ScheduleDue():
                     due = TaskDue(run, cmd.task, cmd.attempt, time.time(), cmd.due)
                     subject, data, kind = reply, encode_event(due), "due"
@@ -304,14 +321,9 @@ class RunActor:
                 over.add(run)
         return over
 
-    def _too_big(self, cmd: DispatchTask, size: int) -> bytes:
-        """The failure of an attempt whose task message NATS would refuse, as the event that reports it."""
-        limit = self.ctx.nc.max_payload
-        error = (
-            f"the task message is {size:,} bytes, over NATS's max_payload ({limit:,} bytes): pass large inputs "
-            "by reference (a path or URL), not in the payload or through {result:…} of a large result"
-        )
-        return encode_event(TaskFailed(self.run_id, cmd.task, cmd.attempt, time.time(), error, "engine", False))
+    def _failed(self, cmd: DispatchTask, error: str, retryable: bool) -> bytes:
+        """The failure of an attempt whose task message cannot go out, as the event that reports it."""
+        return encode_event(TaskFailed(self.run_id, cmd.task, cmd.attempt, time.time(), error, "engine", retryable))
 
     async def _interrupt(self, interrupts: list[InterruptTask]) -> None:
         """Ask the workers to stop these attempts: core NATS, best effort (a late result changes nothing)."""

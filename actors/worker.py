@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 
 from jetdag.engine import builtins as _builtins  # noqa: F401  (registers noop, sleep, command, http)
 from jetdag.engine import subjects as S
+from jetdag.engine.blobs import BLOB_ABOVE, Blobs, blob_name, has_refs
 from jetdag.engine.errors import MessageRejected
 from jetdag.engine.events import Event, TaskFailed, TaskStarted, TaskSucceeded
 from jetdag.engine.handlers import (
@@ -119,6 +120,7 @@ class Worker:
     ) -> None:
         self.nc, self.js, self.queues, self.concurrency = nc, js, queues, concurrency
         self.publisher = Publisher(nc)
+        self.blobs = Blobs(js)
         self.id = worker_id or new_worker_id()
         self.drain_timeout = drain_timeout
         self.heartbeat = heartbeat
@@ -437,6 +439,7 @@ class Worker:
             outcome = TaskFailed(*key, time.time(), CANCELLED, self.id, retryable=False)
         finally:
             self._handlers.pop(key, None)
+        outcome = await self._by_reference(task, outcome)
         # The result says when the attempt began, whether or not its task.started went out (or still goes).
         started.cancel()
         try:
@@ -444,6 +447,24 @@ class Worker:
             await msg.ack()
         except Exception as exc:  # not acked: JetStream redelivers the task and the engine dedupes
             log.warning("task %s/%s#%d: result not published: %s", task.run_id, task.task, task.attempt, exc)
+
+    async def _by_reference(self, task: TaskMessage, outcome: Event) -> Event:
+        """A result over BLOB_ABOVE bytes goes to jd_blobs, and its event carries the reference (engine/blobs.py)."""
+        result = outcome.result if isinstance(outcome, TaskSucceeded) else None
+        if result is None or isinstance(result, bool | int | float):
+            return outcome
+        try:
+            data = pack(result)
+        except (TypeError, ValueError, msgpack.PackException):
+            return outcome  # not serializable: _publish reports it as the handler's failure
+        if len(data) <= BLOB_ABOVE:
+            return outcome
+        try:
+            ref = await self.blobs.put(blob_name(task.run_id, task.task, task.attempt, "result"), None, data)
+        except Exception as exc:
+            error = f"result of handler {task.handler!r} ({len(data):,} bytes) not stored in {S.BLOBS}: {exc}"
+            return TaskFailed(task.run_id, task.task, task.attempt, time.time(), error, self.id)
+        return replace(outcome, result=ref)
 
     async def _say_started(self, task: TaskMessage, begun: float) -> None:
         """task.started, once the attempt has run STARTED_AFTER: a shorter one's start rides on its result."""
@@ -463,9 +484,16 @@ class Worker:
 
     async def _run_handler(self, task: TaskMessage, fn: Handler) -> Event:
         now, args = time.time, (task.run_id, task.task, task.attempt)
+        payload = task.payload
+        if has_refs(payload):
+            try:
+                payload = await self.blobs.resolve(payload)
+            except Exception as exc:  # expired, or the store unreachable: nothing to run the handler on
+                error = f"the payload refers to a value in {S.BLOBS} that cannot be read: {type(exc).__name__}: {exc}"
+                return TaskFailed(*args, now(), error, self.id)
         ctx = TaskContext(
             run_id=task.run_id, workflow=task.workflow, task=task.task, attempt=task.attempt,
-            payload=task.payload, params=task.params, info=task.info, job=task.job, emit=self._emitter(task),
+            payload=payload, params=task.params, info=task.info, job=task.job, emit=self._emitter(task),
             last_checkpoint=await self._last_checkpoint(task) if task.attempt > 1 else None,
         )  # fmt: skip
         # The task's own timeout, else its handler's (global < handler < task).

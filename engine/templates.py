@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from jetdag.engine.blobs import BLOB_ABOVE, is_ref
 from jetdag.engine.errors import JetdagError
+from jetdag.engine.subjects import BLOBS
 
 _TOKEN = re.compile(r"\{\{|\}\}|(?<!\$)\{([A-Za-z_]+)(?::([^\s{}]+))?\}")
 _TASK = re.compile(r"[A-Za-z0-9_:-]+")
@@ -272,7 +274,15 @@ def _render_text(text: str, scope: Scope) -> Any:
         # The whole string is one key: the value keeps its type. Copied so the rendered payload never shares
         # lists or dicts with the run's params, meta or results.
         return copy.deepcopy(_value(parsed.parts[0], scope))
-    return "".join(part if isinstance(part, str) else _as_text(_value(part, scope)) for part in parsed.parts)
+    return "".join(part if isinstance(part, str) else _as_text(_value(part, scope), part) for part in parsed.parts)
+
+
+def _by_reference(key: Key) -> str:
+    return (
+        f"template key '{key.text}': task '{key.name}''s result is over {BLOB_ABOVE:,} bytes and is stored by "
+        f"reference in {BLOBS}: pass it whole, as a value of its own ('{{result:{key.name}}}'), and the handler "
+        "gets the value"
+    )
 
 
 def _value(key: Key, scope: Scope) -> Any:
@@ -290,6 +300,8 @@ def _value(key: Key, scope: Scope) -> Any:
         value = scope.results[key.name]
     except KeyError:
         raise TemplateError(f"template key '{key.text}': task '{key.name}' has not produced a result") from None
+    if key.path and is_ref(value):
+        raise TemplateError(_by_reference(key))
     for depth, step in enumerate(key.path):
         missing = f"template key '{key.text}': task '{key.name}' has no result key '{'.'.join(key.path[: depth + 1])}'"
         if not isinstance(value, Mapping):
@@ -301,7 +313,9 @@ def _value(key: Key, scope: Scope) -> Any:
     return value
 
 
-def _as_text(value: Any) -> str:
+def _as_text(value: Any, key: Key) -> str:
+    if is_ref(value):
+        raise TemplateError(_by_reference(key))
     if value is None:
         return ""
     if isinstance(value, bool):

@@ -17,6 +17,7 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from jetdag.engine import subjects as S
+from jetdag.engine.blobs import BLOB_TTL
 from jetdag.engine.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,17 @@ async def ensure(js: JetStreamContext, topology: Topology | None = None, leader_
                 f"KV bucket {bucket} exists with num_replicas={replicas!r} but jetdag needs {t.replicas!r}: "
                 f"remove it (`nats kv rm {bucket}`) or point jetdag at another server"
             )
+    names.append(f"OBJ_{S.BLOBS}")
+    try:
+        await js.object_store(S.BLOBS)
+    except Exception:  # BucketNotFoundError, as for the KV buckets
+        await js.create_object_store(
+            S.BLOBS,
+            js_api.ObjectStoreConfig(
+                description="jetdag: large results and payloads, by reference",
+                ttl=BLOB_TTL, replicas=t.replicas, storage=js_api.StorageType.FILE,
+            ),
+        )  # fmt: skip
     await _leaders(js, names, leader_timeout)
 
 

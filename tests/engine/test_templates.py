@@ -383,3 +383,12 @@ def test_escaping_every_brace_renders_the_text_back(text: str) -> None:
     assert render(escaped, SCOPE) == text
     assert keys(escaped) == []
     assert problems(escaped) == []
+
+
+def test_a_result_stored_by_reference_passes_whole_and_nothing_else() -> None:
+    ref = {"$blob": "R1.big.1.result", "size": 5_000_000}
+    scope = Scope(logical_time=MOMENT, results={"big": ref})
+    assert render({"data": "{result:big}"}, scope) == {"data": ref}  # the worker resolves it
+    for text in ("{result:big.rows}", "rows: {result:big}"):
+        with pytest.raises(TemplateError, match=r"task 'big''s result is over 65,536 bytes and is stored by reference"):
+            render(text, scope)
