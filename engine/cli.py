@@ -12,6 +12,8 @@ import datetime as dt
 import getpass
 import io
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -53,6 +55,11 @@ def run_async(coro: Coroutine[Any, Any, int]) -> None:
     except RunWaitTimeout as exc:  # the run goes on; only the wait ended
         click.echo(f"error: {exc}", err=True)
         code = 1
+    except BrokenPipeError:
+        # The reader left (`jetdag runs | head`): stop quietly, as Unix tools do, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + signal.SIGPIPE
     except (JetdagError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         code = 2
