@@ -78,6 +78,8 @@ for a no-op task)."""
 
 LOOK_EVERY = 5.0
 """Seconds between looks, while idle, for tasks the doorbell did not announce (core NATS may drop a ring)."""
+STALE_AFTER = 10.0
+"""A task message older than this is checked against its run's snapshot before it runs, as a redelivery is."""
 HANDED_BACK_FOR = 5.0
 """Seconds a task stays out of sight after a worker that no longer has its handler (a reload took it away) handed
 it back, untried, to the workers that have it."""
@@ -389,13 +391,16 @@ class Worker:
         except MessageRejected as err:
             await reject(self.js, msg, err)
             return
-        if _deliveries(msg) > 1 and (why := await self._superseded(task)) is not None:
+        again, waited = _deliveries(msg) > 1, _waited(msg)
+        if (again or waited > STALE_AFTER) and (why := await self._superseded(task)) is not None:
             # The attempt this message carries was given up on (its first worker was presumed dead
             # and a newer attempt dispatched) or is settled: running it again would do the work twice.
+            # A task that waited long (for a worker with its handler, say) may belong to a run that was
+            # cancelled meanwhile: one read of the snapshot, only for those.
+            how = f"delivered again ({_deliveries(msg)} deliveries)" if again else f"queued for {waited:.0f}s"
             log.info(
-                "task %s/%s#%d delivered again (%d deliveries) but %s: acked without running it",
-                task.run_id, task.task, task.attempt, _deliveries(msg), why,
-            )  # fmt: skip
+                "task %s/%s#%d %s but %s: acked without running it", task.run_id, task.task, task.attempt, how, why
+            )
             self.skipped += 1
             with contextlib.suppress(Exception):
                 await msg.ack()
@@ -569,6 +574,15 @@ def _quietly(future: asyncio.Future[None]) -> None:
     # A task.started that failed to go out changes nothing (the result carries the start): retrieve it.
     if not future.cancelled() and (exc := future.exception()) is not None:
         log.debug("task.started not published: %s", exc)
+
+
+def _waited(msg: Msg) -> float:
+    """Seconds since JetStream stored the task message (0 when unknown)."""
+    try:
+        stamp = msg.metadata.timestamp
+    except Exception:
+        return 0.0
+    return max(0.0, time.time() - stamp.timestamp()) if stamp is not None else 0.0
 
 
 def _deliveries(msg: Msg) -> int:

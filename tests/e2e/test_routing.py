@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
+import jetdag.actors.worker as worker_module
 import jetdag.engine.client as client_module
 from jetdag.actors.system import System
+from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
 from jetdag.engine.errors import NotFound
 from jetdag.engine.handlers import TaskContext, handler
@@ -168,3 +170,32 @@ def test_up_serves_the_handlers_of_import_and_of_its_python_workflows(tmp_path: 
         eventually_sync(new_code, timeout=20)
     finally:
         stop_up(up, signal.SIGTERM)
+
+
+async def test_a_task_whose_run_was_cancelled_while_it_waited_never_runs(
+    client: Client, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "STALE_AFTER", 0.0)  # every task is checked, not only those 10 s old
+    ran: list[str] = []
+    handler("t_route_never")(lambda ctx: ran.append(ctx.run_id))
+    spec = one_try("t_route_cancelled_wf", "t_route_never", queue="t_route_late_q")  # no worker serves it yet
+    await client.apply(spec)
+    run_id = await client.submit(spec.name)
+
+    async def queued() -> bool:
+        try:
+            return (await client.status(run_id))["tasks"]["t"]["status"] == "queued"
+        except NotFound:
+            return False
+
+    await eventually(queued, timeout=10)
+    await client.cancel(run_id, "not needed")
+    assert (await client.wait(run_id, timeout=10))["status"] == "cancelled"
+
+    async def taken() -> bool:
+        return (await client.js.stream_info(S.TASKS)).state.messages == 0
+
+    # A worker that starts now never heard the cancel's interrupt: it takes the task and acks it unrun.
+    async with System(nats_url, engine=False, queues=("t_route_late_q",)):
+        await eventually(taken, timeout=20)
+    assert ran == []
