@@ -236,7 +236,7 @@ class RunActor:
                         job=cmd.job,
                     )
                     subject, data, kind = (
-                        S.task_subject(cmd.queue, cmd.priority, cmd.handler),
+                        S.task_subject(cmd.queue, cmd.priority, cmd.handler, cmd.requires),
                         encode_task(task),
                         "task",
                     )

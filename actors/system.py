@@ -54,6 +54,7 @@ class System:
         audit_export_to: Path | None = None,
         heartbeat: float = HEARTBEAT,
         worker_id: str | None = None,
+        labels: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         file_settle: float = 1.0,
     ) -> None:
@@ -63,6 +64,7 @@ class System:
         self.idle_timeout, self.drain_timeout = idle_timeout, drain_timeout
         self.heartbeat = heartbeat
         self.worker_id = worker_id
+        self.labels = labels
         self.clock = clock
         """What the scheduler takes for now (tests move it; everything else keeps real time)."""
         self.file_settle = file_settle
@@ -99,7 +101,7 @@ class System:
         if self.queues:
             self.worker = Worker(
                 self.nc, js, self.queues, concurrency=self.concurrency, drain_timeout=self.drain_timeout,
-                heartbeat=self.heartbeat, worker_id=self.worker_id,
+                heartbeat=self.heartbeat, worker_id=self.worker_id, labels=self.labels,
             )  # fmt: skip
             self._spawn(self.worker.run(), "worker")
         waits = [role.ready.wait() for role in (self.engine, self.auditor) if role is not None]

@@ -86,14 +86,15 @@ it back, untried, to the workers that have it."""
 
 Attempt = tuple[str, str, int]
 """(run, task, attempt)"""
-Route = tuple[str, int, str]
-"""(queue, priority, handler): one task subject and its consumer."""
+Route = tuple[str, int, str, str]
+"""(queue, priority, handler, labels token of what its tasks require): one task subject and its consumer."""
 
 
-def task_consumer_config(queue: str, priority: int, handler: str) -> js_api.ConsumerConfig:
+def task_consumer_config(queue: str, priority: int, handler: str, requires: str = "") -> js_api.ConsumerConfig:
+    labels = S.token_labels(requires)
     return js_api.ConsumerConfig(
-        durable_name=S.task_consumer(queue, priority, handler),
-        filter_subject=S.task_subject(queue, priority, handler),
+        durable_name=S.task_consumer(queue, priority, handler, labels),
+        filter_subject=S.task_subject(queue, priority, handler, labels),
         ack_policy=js_api.AckPolicy.EXPLICIT,
         deliver_policy=js_api.DeliverPolicy.ALL,
         ack_wait=ACK_WAIT,
@@ -119,8 +120,11 @@ class Worker:
         worker_id: str | None = None,
         drain_timeout: float = 30.0,
         heartbeat: float = HEARTBEAT,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.nc, self.js, self.queues, self.concurrency = nc, js, queues, concurrency
+        self.labels: dict[str, str] = dict(labels or {})
+        """What this worker offers (`--label gpu=true`): it takes the tasks that require a subset of them."""
         self.publisher = Publisher(nc)
         self.blobs = Blobs(js)
         self.id = worker_id or new_worker_id()
@@ -185,7 +189,7 @@ class Worker:
             info = await self.js.stream_info(S.TASKS, subjects_filter=f"jd.task.{queue}.>")
             for subject in info.state.subjects or {}:
                 route = S.task_route(subject)
-                if route is not None and route not in self._fetchers and get_handler(route[2]) is not None:
+                if route is not None and route not in self._fetchers and self._can_take(route):
                     self._new.add(route)
 
     async def _open_new(self) -> None:
@@ -195,8 +199,9 @@ class Worker:
             route = self._new.pop()
             if route in self._fetchers:
                 continue
-            await self.js.add_consumer(S.TASKS, config=task_consumer_config(*route))
-            fetcher = Fetcher(self.nc, S.TASKS, S.task_consumer(*route))
+            config = task_consumer_config(*route)
+            await self.js.add_consumer(S.TASKS, config=config)
+            fetcher = Fetcher(self.nc, S.TASKS, str(config.durable_name))
             await fetcher.start()
             self._fetchers[route] = fetcher
             self._maybe.add(route)
@@ -243,6 +248,12 @@ class Worker:
         self._bell.set()
         self._slot.set()
 
+    def _can_take(self, route: Route) -> bool:
+        """This worker has the route's handler and every label its tasks require."""
+        if get_handler(route[2]) is None:
+            return False
+        return not route[3] or S.token_labels(route[3]).items() <= self.labels.items()
+
     async def _ring(self, msg: Msg) -> None:
         route = S.task_route(msg.subject)
         if route in self._fetchers:
@@ -250,7 +261,7 @@ class Worker:
             self._fresh.add(route)
             self._rings[route] = self._rings.get(route, 0) + 1
             self._bell.set()
-        elif route is not None and get_handler(route[2]) is not None:
+        elif route is not None and self._can_take(route):
             self._new.add(route)  # the first task of this priority and handler since the worker started
             self._bell.set()
         # else: a task for a handler of another worker
@@ -345,7 +356,7 @@ class Worker:
         """The map this worker puts into `jd_workers` (its shape is in `jetdag.engine.workers`)."""
         return {
             "v": 1, "id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
-            "handlers": registered(), "handlers_version": handlers_version(),
+            "handlers": registered(), "handlers_version": handlers_version(), "labels": self.labels,
             "concurrency": self.concurrency, "interval": self.heartbeat,
             "running": [a.to_dict() for a in list(self.attempts.values())], "done": self.done_count,
             "started": self.started_at, "beat": time.time(),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
+from jetdag.engine import subjects as S
 from jetdag.engine.config import CONFIG_FILE, env_var, load_defaults
 from jetdag.engine.errors import ConfigError, JetdagError, RunWaitTimeout
 from jetdag.engine.home import find_nats
@@ -152,31 +153,36 @@ def engine(nats: str | None, data: Path, engine_id: str | None, replicas: int) -
 @replicas_opt
 @opt("--heartbeat", default=HEARTBEAT, show_default=True, type=click.FloatRange(min=MIN_INTERVAL),
      help="Seconds between heartbeats; after 3 missed ones the engines presume this worker dead.")  # fmt: skip
+@opt("--label", "labels", multiple=True, metavar="NAME=VALUE",
+     help="A label of this worker (gpu=true): it also takes the tasks that require it.")  # fmt: skip
 @opt("--reload", is_flag=True, help="Import the --import modules again when their files change (SIGHUP does too).")
 @opt("--worker-id", help="Names this worker (default host-pid-random); a worker started with the id of a dead one "
      "replaces it at once (a pod's name).")  # fmt: skip
 def worker(
     nats: str | None, data: Path, queues: tuple[str, ...], imports: tuple[str, ...], concurrency: int, replicas: int,
-    heartbeat: float, reload: bool, worker_id: str | None,
+    heartbeat: float, labels: tuple[str, ...], reload: bool, worker_id: str | None,
 ) -> None:  # fmt: skip
     """The worker role alone: pulls tasks of its queues and runs their handlers."""
     from jetdag.engine.launch import import_handlers, serve_roles
 
+    offered = _labels(labels)
     import_handlers(imports)
     url = find_nats(nats, data)
-    run_async(
-        serve_roles(
-            url,
-            engine=False,
-            queues=list(queues),
-            concurrency=concurrency,
-            replicas=replicas,
-            heartbeat=heartbeat,
-            worker_id=worker_id,
-            imports=imports,
-            reload=reload,
-        )
-    )
+    serving = serve_roles(
+        url, engine=False, queues=list(queues), concurrency=concurrency, replicas=replicas, heartbeat=heartbeat,
+        worker_id=worker_id, imports=imports, reload=reload, labels=offered,
+    )  # fmt: skip
+    run_async(serving)
+
+
+def _labels(given: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for item in given:
+        name, _, value = item.partition("=")
+        if not (S.is_token(name) and S.is_token(value)):
+            raise click.BadParameter(f"{item!r}: write NAME=VALUE, both of {S.LABEL_RULE}", param_hint="--label")
+        labels[name] = value
+    return labels
 
 
 @main.command()

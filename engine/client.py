@@ -270,11 +270,11 @@ class Client:
         for its queue gets `"waiting": "no live worker has handler 'x' for queue 'q'"`."""
         if not _waits_long(view):
             return
-        pairs = served(await self.workers())
+        offers = served(await self.workers())
         specs = {t.name: t for t in spec.tasks}
         for name in _waits_long(view):
             task = specs.get(name)
-            reason = None if task is None else unserved_reason(task.queue, task.handler, pairs)
+            reason = None if task is None else unserved_reason(task.queue, task.handler, task.requires, offers)
             if reason is not None:
                 view["tasks"][name]["waiting"] = reason
 

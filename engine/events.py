@@ -6,6 +6,7 @@ Every event is idempotent by (run, task, attempt, kind): applying it twice chang
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -210,6 +211,8 @@ class DispatchTask:
     info: str | None = None
     """The task's rendered template."""
     job: str | None = None
+    requires: Mapping[str, str] | None = None
+    """Labels the worker must have: they route the task (`subjects.task_subject`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,7 @@ async def serve_roles(
     worker_id: str | None = None,
     imports: tuple[str, ...] = (),
     reload: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> int:
     """Run the engine, a worker and/or the auditor until SIGINT/SIGTERM; a worker reloads `imports` on SIGHUP
     (and, with `reload`, when one of their files changes)."""
@@ -81,7 +82,7 @@ async def serve_roles(
     async with System(
         url, engine=engine, queues=queues, concurrency=concurrency, engine_id=engine_id, audit=audit,
         retention_days=retention_days, audit_export_to=audit_export_to, topology=Topology(replicas=replicas),
-        heartbeat=heartbeat, worker_id=worker_id,
+        heartbeat=heartbeat, worker_id=worker_id, labels=labels,
     ) as system:  # fmt: skip
         role = "engine" if engine else f"worker for {', '.join(queues)}" if queues else f"auditor of {audit}"
         click.echo(f"jetdag {role} connected to {url}; stop with Ctrl-C", err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from functools import cache, cached_property, lru_cache
@@ -60,6 +61,8 @@ class TaskSpec:
     """flowlord's info string, rendered at dispatch and handed to the handler as `ctx.info`."""
     job: str | None = None
     """flowlord's job: the part after `:` in `task = "topic:job"`; handed to the handler as `ctx.job`."""
+    requires: Mapping[str, str] = field(default_factory=dict)
+    """Labels a worker must have to run the task (`{"gpu": "true"}`): only such workers receive it."""
 
 
 class BatchBy(StrEnum):

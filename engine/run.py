@@ -524,9 +524,10 @@ def _start(state: RunState, name: str, now: float, d: Decision) -> None:
     task.status, task.attempt, task.queued_at = TaskStatus.QUEUED, task.attempt + 1, now
     task.started_at = task.finished_at = None
     state.active += 1
-    d.commands.append(
-        DispatchTask(name, task.attempt, spec.queue, spec.priority, spec.handler, payload, spec.timeout, info, spec.job)
-    )
+    d.commands.append(DispatchTask(
+        name, task.attempt, spec.queue, spec.priority, spec.handler, payload, spec.timeout, info, spec.job,
+        spec.requires or None,
+    ))  # fmt: skip
     d.transitions.append(Transition(name, task.attempt, TaskStatus.QUEUED.value, now))
 
 

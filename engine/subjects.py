@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Mapping
 from typing import Final
 
 TASKS: Final = "JD_TASKS"
@@ -66,22 +67,38 @@ def handler_token(handler: str) -> str:
     return handler.replace(".", ":")
 
 
-def task_subject(queue: str, priority: int, handler: str) -> str:
-    """Where a task waits for a worker of `queue` that has `handler`: a worker only takes what it can run."""
-    return f"jd.task.{queue}.{priority}.{handler_token(handler)}"
+LABEL_RULE: Final = "letters, digits, '_' and '-'"
 
 
-def task_consumer(queue: str, priority: int, handler: str) -> str:
-    """The durable consumer of one `task_subject`, shared by every worker that has the handler."""
-    return f"jd_task_{queue}_{priority}_{handler_token(handler)}"
+def labels_token(labels: Mapping[str, str] | None) -> str:
+    """Worker labels (or a task's `requires`) as one subject token: `gpu=true+zone=eu`; '' for none."""
+    return "+".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
 
 
-def task_route(subject: str) -> tuple[str, int, str] | None:
-    """(queue, priority, handler) of a `task_subject`; None for any other subject."""
+def token_labels(token: str) -> dict[str, str]:
+    """The labels of a `labels_token`."""
+    return dict(pair.split("=", 1) for pair in token.split("+")) if token else {}
+
+
+def task_subject(queue: str, priority: int, handler: str, requires: Mapping[str, str] | None = None) -> str:
+    """Where a task waits for a worker of `queue` that has `handler` (and the labels it `requires`): a worker
+    only takes what it can run."""
+    wanted = labels_token(requires)
+    return f"jd.task.{queue}.{priority}.{handler_token(handler)}" + (f".{wanted}" if wanted else "")
+
+
+def task_consumer(queue: str, priority: int, handler: str, requires: Mapping[str, str] | None = None) -> str:
+    """The durable consumer of one `task_subject`, shared by every worker that can take its tasks."""
+    wanted = labels_token(requires)
+    return f"jd_task_{queue}_{priority}_{handler_token(handler)}" + (f"_{wanted}" if wanted else "")
+
+
+def task_route(subject: str) -> tuple[str, int, str, str] | None:
+    """(queue, priority, handler, labels token) of a `task_subject`; None for any other subject."""
     parts = subject.split(".")
-    if len(parts) != 5 or parts[:2] != ["jd", "task"] or not parts[3].isdigit():
+    if len(parts) not in (5, 6) or parts[:2] != ["jd", "task"] or not parts[3].isdigit():
         return None
-    return parts[2], int(parts[3]), parts[4].replace(":", ".")
+    return parts[2], int(parts[3]), parts[4].replace(":", "."), parts[5] if len(parts) == 6 else ""
 
 
 def event_subject(partition: int, run_id: str) -> str:

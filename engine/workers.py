@@ -15,6 +15,7 @@ worker, the reaper, the client and the web API share them.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -90,6 +91,7 @@ def worker_view(info: dict[str, Any], now: float) -> dict[str, Any]:
         "queues": info.get("queues") or [],
         "handlers": info.get("handlers") or [],
         "handlers_version": info.get("handlers_version"),
+        "labels": info.get("labels") or {},
         "concurrency": info.get("concurrency"),
         "running": len(tasks),
         "tasks": tasks,
@@ -128,14 +130,29 @@ UNSERVED_AFTER: Final = 10.0
 a worker that was just started, or restarted, is given time to beat."""
 
 
-def served(workers: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """(queue, handler) pairs some live worker serves, from `worker_view`s."""
-    live = [w for w in workers if w.get("alive")]
-    return {(str(q), str(h)) for w in live for q in w.get("queues") or () for h in w.get("handlers") or ()}
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What one live worker can take: its queues, handlers and labels."""
+
+    queues: frozenset[str]
+    handlers: frozenset[str]
+    labels: Mapping[str, str]
 
 
-def unserved_reason(queue: str, handler: str, served: set[tuple[str, str]]) -> str | None:
-    """What to tell a user whose task waits for a worker no one runs; None while a live worker has the handler."""
-    if (queue, handler) in served:
-        return None
-    return f"no live worker has handler {handler!r} for queue {queue!r}"
+def served(workers: list[dict[str, Any]]) -> list[Offer]:
+    """What each live worker can take, from `worker_view`s."""
+    return [
+        Offer(frozenset(map(str, w.get("queues") or ())), frozenset(map(str, w.get("handlers") or ())),
+              {str(k): str(v) for k, v in (w.get("labels") or {}).items()})
+        for w in workers if w.get("alive")
+    ]  # fmt: skip
+
+
+def unserved_reason(queue: str, handler: str, requires: Mapping[str, str] | None, offers: list[Offer]) -> str | None:
+    """What to tell a user whose task waits for a worker no one runs; None while a live worker can take it."""
+    wanted = dict(requires or {})
+    for offer in offers:
+        if queue in offer.queues and handler in offer.handlers and wanted.items() <= offer.labels.items():
+            return None
+    with_labels = f" with {', '.join(f'{k}={v}' for k, v in sorted(wanted.items()))}" if wanted else ""
+    return f"no live worker{with_labels} has handler {handler!r} for queue {queue!r}"

@@ -71,11 +71,13 @@ class Task:
         require: str | Iterable[str] = (),
         no_alert: bool = False,
         job: str | None = None,
+        requires: dict[str, str | bool | int] | None = None,
     ) -> None:
         self.name, self.handler, self.payload = name, handler, payload
         self.queue, self.priority, self.trigger_rule = queue, priority, trigger_rule
         self.max_retries, self.retry, self.timeout = max_retries, retry, timeout
         self.template, self.require, self.no_alert, self.job = template, require, no_alert, job
+        self.requires = requires
         self.defined_at = _caller()
         self.added_at: At | None = None
         self.upstream: list[tuple[str, At]] = [(n, self.defined_at) for n in _names(depends_on)]
@@ -319,5 +321,6 @@ class _Checker:
             require=self.take(at, "require", where, checks.as_names, task.require, ()),
             template=self.take(at, "template", where, checks.as_str, task.template, None),
             job=self.take(at, "job", where, checks.as_str, task.job, None),
+            requires=self.take(at, "requires", where, checks.as_labels, task.requires, {}),
         )
         return spec if len(self.errors) == before else None

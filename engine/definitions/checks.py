@@ -18,7 +18,7 @@ from jetdag.engine import templates
 from jetdag.engine.durations import parse_duration
 from jetdag.engine.errors import DefinitionError, DefinitionErrors, DefinitionWarning
 from jetdag.engine.model import CycleFound, RetryPolicy, TaskSpec, TriggerRule, WorkflowSpec, topological_order
-from jetdag.engine.subjects import HANDLER_RULE, is_handler_name, is_token, workflow_key
+from jetdag.engine.subjects import HANDLER_RULE, LABEL_RULE, is_handler_name, is_token, workflow_key
 
 
 class At(NamedTuple):
@@ -224,6 +224,19 @@ def as_offset(value: object) -> float:
     except ValueError as exc:
         raise BadValue(str(exc)) from None
     return -seconds if negative else seconds
+
+
+def as_labels(value: object) -> dict[str, str]:
+    """Worker labels a task `requires` (`{gpu: true}`): names and values become subject tokens."""
+    if not isinstance(value, dict) or not value:
+        raise WrongValue("a map of labels, like {gpu: true}", value)
+    labels: dict[str, str] = {}
+    for key, raw in value.items():
+        text = ("true" if raw else "false") if isinstance(raw, bool) else str(raw)
+        if not isinstance(key, str) or not is_token(key) or not isinstance(raw, str | int | bool) or not is_token(text):
+            raise WrongValue(f"a map of labels whose names and values are {LABEL_RULE} (not {key}: {raw!r})", value)
+        labels[key] = text
+    return labels
 
 
 def as_names(value: object) -> tuple[str, ...]:

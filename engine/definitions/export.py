@@ -232,6 +232,8 @@ def _yaml_task(task: TaskSpec, workflow_retry: RetryPolicy) -> CommentedMap:
         m["no_alert"] = True
     if task.require:
         m["require"] = _text(task.require[0]) if len(task.require) == 1 else _flow_list(task.require)
+    if task.requires:
+        m["requires"] = _yaml_value(dict(task.requires), f"the requires of task {task.name!r}", flow=True)
     if task.template is not None:
         m["template"] = _text(task.template)
     if task.payload is not None:
@@ -411,6 +413,8 @@ def _task_keywords(task: TaskSpec, workflow_retry: RetryPolicy) -> tuple[list[tu
         keywords.append(("no_alert", True))
     if task.require:
         keywords.append(("require", task.require[0] if len(task.require) == 1 else list(task.require)))
+    if task.requires:
+        keywords.append(("requires", dict(task.requires)))
     if task.template is not None:
         keywords.append(("template", task.template))
     return keywords, policy

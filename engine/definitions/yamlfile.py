@@ -54,6 +54,7 @@ _TASK = (
     "timeout",
     "template",
     "require",
+    "requires",
     "no_alert",
     "job",
 )
@@ -385,6 +386,7 @@ class _Reader:
         timeout = self.take(m, "timeout", checks.as_duration, where, None)
         template = self.take(m, "template", checks.as_str, where, None)
         require = self.take(m, "require", checks.as_names, where, ())
+        requires: dict[str, str] = self.take(m, "requires", checks.as_labels, where, {})
         no_alert = self.take(m, "no_alert", checks.as_bool, where, False)
         job = self.take(m, "job", checks.as_str, where, None)
         if not isinstance(raw_name, str):
@@ -407,6 +409,7 @@ class _Reader:
             require=require,
             template=template,
             job=job,
+            requires=requires,
         )
         return spec, node
 

@@ -199,3 +199,30 @@ async def test_a_task_whose_run_was_cancelled_while_it_waited_never_runs(
     async with System(nats_url, engine=False, queues=("t_route_late_q",)):
         await eventually(taken, timeout=20)
     assert ran == []
+
+
+async def test_a_task_that_requires_a_label_goes_only_to_a_worker_with_it(
+    client: Client, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "UNSERVED_AFTER", 0.5)
+    ran_on: list[str] = []
+    handler("t_route_gpu")(lambda ctx: ran_on.append(ctx.run_id) or "done")
+    spec = WorkflowSpec(
+        "t_route_gpu_wf", (TaskSpec("t", "t_route_gpu", requires={"gpu": "true"}),), retry=RetryPolicy(max_attempts=1)
+    )
+    await client.apply(spec)
+    run_id = await client.submit(spec.name)  # the `client` fixture's worker (no labels) has the handler...
+    why = "no live worker with gpu=true has handler 't_route_gpu' for queue 'default'"
+
+    async def says_why() -> bool:
+        try:
+            return (await client.status(run_id))["tasks"]["t"].get("waiting") == why
+        except NotFound:
+            return False
+
+    await eventually(says_why, timeout=10)  # ...but not the label
+    async with System(nats_url, engine=False, labels={"gpu": "true", "zone": "eu"}) as gpu:
+        assert gpu.worker is not None
+        done = await client.wait(run_id, timeout=20)
+        assert (done["status"], done["tasks"]["t"]["worker"]) == ("succeeded", gpu.worker.id)
+    assert ran_on == [run_id]

@@ -486,3 +486,21 @@ tasks:
 def test_a_task_name_may_carry_a_flowlord_job() -> None:
     spec = load_yaml("wf.yaml", workflow_yaml("- {name: 'topic:job', handler: topic, job: job}"))
     assert (spec.tasks[0].name, spec.tasks[0].job) == ("topic:job", "job")
+
+
+def test_requires_names_the_labels_a_worker_must_have() -> None:
+    text = "name: w\ntasks:\n  - {name: a, handler: h, requires: {gpu: true, zone: eu-1, cores: 8}}\n"
+    spec = load_yaml("wf.yaml", text)
+    assert spec.tasks[0].requires == {"gpu": "true", "zone": "eu-1", "cores": "8"}
+    bad = (
+        "name: w\ntasks:\n  - {name: a, handler: h, requires: gpu}\n"
+        "  - {name: b, handler: h, requires: {zone: eu west}}\n"
+    )
+    assert errors_of(bad) == [
+        "wf.yaml:3:37: 'requires' in task 'a' must be a map of labels, like {gpu: true}, got 'gpu'",
+        "wf.yaml:4:37: 'requires' in task 'b' must be a map of labels whose names and values are letters, digits, '_' "
+        "and '-' (not zone: 'eu west'), got a mapping",
+    ]
+    built = Workflow(name="w")
+    built.add(Task("a", handler="h", requires={"gpu": True}))
+    assert built.check()[0].tasks[0].requires == {"gpu": "true"}

@@ -145,6 +145,9 @@ def workflows(draw: st.DrawFn) -> WorkflowSpec:
                 template=draw(template_texts),
                 require=tuple(draw(st.lists(st.sampled_from(["{meta:file}", "meta:rows", "{yyyy}"]), unique=True))),
                 job=draw(st.none() | st.text(max_size=10)),
+                requires=draw(
+                    st.dictionaries(st.sampled_from(["gpu", "zone", "os"]), st.sampled_from(["true", "eu", "a-1"]))
+                ),
             )
         )
     name = workflow_key(written)

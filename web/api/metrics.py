@@ -22,7 +22,7 @@ from litestar.datastructures import State
 from jetdag.engine import subjects as S
 from jetdag.engine.client import Client
 from jetdag.engine.errors import AuditError, AuditUnavailable
-from jetdag.engine.workers import served, unserved_reason
+from jetdag.engine.workers import Offer, served, unserved_reason
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -128,7 +128,7 @@ async def _durations(client: Client) -> Family:
     )
 
 
-async def _consumers(client: Client, serving: set[tuple[str, str]] | None) -> list[Family]:
+async def _consumers(client: Client, serving: list[Offer] | None) -> list[Family]:
     depth = Family("jetdag_queue_depth", "gauge", "Tasks waiting in JD_TASKS per queue (all priorities and handlers).")
     unserved = Family(
         "jetdag_tasks_unserved",
@@ -140,23 +140,23 @@ async def _consumers(client: Client, serving: set[tuple[str, str]] | None) -> li
         "gauge",
         "Messages of JD_EVENTS not yet delivered to the partition and auditor consumers (num_pending).",
     )
-    waiting: Counter[tuple[str, str]] = Counter()
+    waiting: Counter[tuple[str, str, str]] = Counter()
     consumed: set[str] = set()
     for info in await client.js.consumers_info(S.TASKS):
         subject = (info.config.filter_subject if info.config else None) or ""
         if (route := S.task_route(subject)) is not None:
-            waiting[route[0], route[2]] += info.num_pending or 0
+            waiting[route[0], route[2], route[3]] += info.num_pending or 0
             consumed.add(subject)
     # A handler no worker ever had has no consumer: its tasks are counted on their subjects.
     stream = await client.js.stream_info(S.TASKS, subjects_filter="jd.task.>")
     for subject, n in (stream.state.subjects or {}).items():
         if subject not in consumed and (route := S.task_route(subject)) is not None:
-            waiting[route[0], route[2]] += n
+            waiting[route[0], route[2], route[3]] += n
     per_queue: Counter[str] = Counter()
-    for (queue, handler), n in sorted(waiting.items()):
+    for (queue, handler, requires), n in sorted(waiting.items()):
         per_queue[queue] += n
-        if n and serving is not None and unserved_reason(queue, handler, serving) is not None:
-            unserved.add(n, queue=queue, handler=handler)
+        if n and serving is not None and unserved_reason(queue, handler, S.token_labels(requires), serving):
+            unserved.add(n, queue=queue, handler=handler, **({"requires": requires} if requires else {}))
     for queue, n in sorted(per_queue.items()):
         depth.add(n, queue=queue)
     for info in await client.js.consumers_info(S.EVENTS):
@@ -209,7 +209,7 @@ async def gather(client: Client, state: State) -> tuple[list[Family], list[str]]
             notes.append(f"jetdag_task_duration_seconds left out: {exc}")
     else:
         notes.append("jetdag_task_duration_seconds left out: it needs the audit log")
-    serving: set[tuple[str, str]] | None = None
+    serving: list[Offer] | None = None
     try:
         workers = await client.workers()
         serving = served(workers)
