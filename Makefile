@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test lint install browser clean bench-deps
+.PHONY: run test lint install browser clean bench-deps node-worker
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,7 +34,16 @@ browser:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
-test: lint browser
+# The Node.js worker of deploy/workers/node, for the conformance suite (tests/conformance). Without npm the
+# suite's Node tests fail saying how to install it.
+NODE_DIR := deploy/workers/node
+$(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
+	  else echo "npm not found: the Node worker's conformance tests will fail (apt-get install nodejs npm)"; fi
+
+node-worker: $(NODE_DIR)/node_modules/.package-lock.json
+
+test: lint browser node-worker
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 
 clean:
